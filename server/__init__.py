@@ -1,0 +1,3 @@
+"""An OpenAI-compatible Chat Completions server for open-weight models."""
+
+__version__ = "0.1.0"

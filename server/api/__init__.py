@@ -1,0 +1,1 @@
+"""HTTP surface: wire schemas, routes, errors, SSE framing."""

@@ -1,0 +1,107 @@
+"""Renders every error as OpenAI's error body with the right status; never FastAPI's 422."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from server.api.errors import APIError, error_body
+
+logger = logging.getLogger(__name__)
+
+
+def _param(loc: tuple[Any, ...], body: Any) -> str | None:
+    """`('body', 'messages', 0, 'user', 'content')` -> `messages[0].content`: keeps only the steps
+    that exist in the body (or name the missing field at the end), dropping pydantic's union tags."""
+    parts = list(loc[1:] if loc and loc[0] == "body" else loc)
+    path = ""
+    node = body
+    for position, part in enumerate(parts):
+        last = position == len(parts) - 1
+        if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):
+            path += f"[{part}]"
+            node = node[part]
+        elif isinstance(part, str) and isinstance(node, dict) and (part in node or last):
+            path += f".{part}" if path else part
+            node = node.get(part)
+    return path or None
+
+
+def _validation_message(error: dict[str, Any], param: str | None) -> str:
+    kind = error.get("type", "")
+    if kind == "json_invalid":
+        return "We could not parse the JSON body of your request. The body must be valid JSON."
+    if kind == "missing" and param:
+        return f"Missing required parameter: '{param}'."
+    if kind == "extra_forbidden" and param:
+        return f"Unrecognized request argument supplied: {param}"
+    msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"Invalid value for '{param}': {msg}" if param else msg
+
+
+def _most_relevant(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """Unions report one error per branch; the deepest is the one that says what is wrong."""
+    unknown = [e for e in errors if e.get("type") == "extra_forbidden"]
+    if unknown:
+        return unknown[0]
+    return max(errors, key=lambda e: len(e.get("loc", ())))
+
+
+async def _json_body(request: Request) -> Any:
+    # The handler gets the request object the route read, so its body is cached.
+    try:
+        return await request.json()
+    except Exception:
+        return None
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = list(exc.errors())
+    if not errors:
+        return JSONResponse(error_body("Invalid request.", "invalid_request_error"), status_code=400)
+    first = _most_relevant(errors)
+    if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
+        body = error_body("The request needs a JSON body.", "invalid_request_error")
+        return JSONResponse(body, status_code=400)
+    raw = await _json_body(request)
+    param = _param(tuple(first.get("loc", ())), raw)
+    body = error_body(_validation_message(first, param), "invalid_request_error", param, "invalid_value")
+    if first.get("type") == "json_invalid":
+        body["error"]["code"] = "invalid_json"
+        body["error"]["param"] = None
+    return JSONResponse(body, status_code=400)
+
+
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    if exc.status >= 500:
+        logger.error("request failed: %s", exc.message)
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    message = str(exc.detail)
+    if exc.status_code == 404:
+        message = f"Unknown request URL: {request.method} {request.url.path}."
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}."
+    return JSONResponse(error_body(message, kind), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error on %s %s", request.method, request.url.path)
+    return JSONResponse(
+        error_body("The server had an error while processing your request.", "server_error"), 500
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(APIError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,1 @@
+"""One router per resource: parse, call a service, encode."""

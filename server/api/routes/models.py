@@ -1,0 +1,40 @@
+"""GET /v1/models and /v1/models/{id}."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from openai.types import Model
+from pydantic import BaseModel
+
+from server.api.errors import ModelNotFound
+from server.models.registry import ModelRegistry
+
+router = APIRouter()
+OWNER = "openweights-server"
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[Model]
+
+
+def _model(registry: ModelRegistry, model_id: str) -> Model:
+    served = {m.spec.id: m for m in registry.served()}
+    created = served[model_id].created if model_id in served else 0
+    return Model(id=model_id, object="model", created=created, owned_by=OWNER)
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(request: Request) -> JSONResponse:
+    registry: ModelRegistry = request.app.state.registry
+    listing = ModelList(data=[_model(registry, model_id) for model_id in registry.configured_ids])
+    return JSONResponse(listing.model_dump(exclude_none=True))
+
+
+@router.get("/v1/models/{model_id:path}", response_model=Model)
+async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
+    registry: ModelRegistry = request.app.state.registry
+    if model_id not in registry.configured_ids:
+        raise ModelNotFound(model_id)
+    return JSONResponse(_model(registry, model_id).model_dump(exclude_none=True))

@@ -1,0 +1,284 @@
+"""The Chat Completions request body, every field of the API reference, typed and range-checked."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- content parts ---------------------------------------------------------------------------
+
+
+class TextPart(_Wire):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Wire):
+    url: str
+    detail: Literal["auto", "low", "high"] = "auto"
+
+
+class ImagePart(_Wire):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class InputAudio(_Wire):
+    data: str
+    format: Literal["wav", "mp3"]
+
+
+class AudioPart(_Wire):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class FileData(_Wire):
+    file_data: str | None = None
+    file_id: str | None = None
+    filename: str | None = None
+
+
+class FilePart(_Wire):
+    type: Literal["file"]
+    file: FileData
+
+
+class RefusalPart(_Wire):
+    type: Literal["refusal"]
+    refusal: str
+
+
+UserContentPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
+AssistantContentPart = Annotated[TextPart | RefusalPart, Field(discriminator="type")]
+
+
+# --- messages --------------------------------------------------------------------------------
+
+
+class FunctionCall(_Wire):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Wire):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class AssistantAudioRef(_Wire):
+    id: str
+
+
+class DeveloperMessage(_Wire):
+    role: Literal["developer"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+
+class SystemMessage(_Wire):
+    role: Literal["system"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+
+class UserMessage(_Wire):
+    role: Literal["user"]
+    content: str | list[UserContentPart]
+    name: str | None = None
+
+
+class AssistantMessage(_Wire):
+    role: Literal["assistant"]
+    content: str | list[AssistantContentPart] | None = None
+    name: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    function_call: FunctionCall | None = None
+    audio: AssistantAudioRef | None = None
+
+
+class ToolMessage(_Wire):
+    role: Literal["tool"]
+    content: str | list[TextPart]
+    tool_call_id: str
+
+
+class FunctionMessage(_Wire):
+    role: Literal["function"]
+    content: str | None
+    name: str
+
+
+Message = Annotated[
+    DeveloperMessage | SystemMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage,
+    Field(discriminator="role"),
+]
+
+
+# --- tools, functions, formats ---------------------------------------------------------------
+
+
+class FunctionDefinition(_Wire):
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Wire):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Wire):
+    name: str
+
+
+class NamedToolChoice(_Wire):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class ResponseFormatText(_Wire):
+    type: Literal["text"]
+
+
+class ResponseFormatJSONObject(_Wire):
+    type: Literal["json_object"]
+
+
+class JSONSchemaFormat(_Wire):
+    name: FunctionName
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ResponseFormatJSONSchema(_Wire):
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaFormat
+
+
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema, Field(discriminator="type")
+]
+
+
+class PredictionContent(_Wire):
+    type: Literal["content"]
+    content: str | list[TextPart]
+
+
+class AudioOutput(_Wire):
+    format: Literal["wav", "aac", "mp3", "flac", "opus", "pcm16"]
+    voice: str
+
+
+class ApproximateLocation(_Wire):
+    city: str | None = None
+    country: str | None = None
+    region: str | None = None
+    timezone: str | None = None
+
+
+class UserLocation(_Wire):
+    type: Literal["approximate"]
+    approximate: ApproximateLocation
+
+
+class WebSearchOptions(_Wire):
+    search_context_size: Literal["low", "medium", "high"] | None = None
+    user_location: UserLocation | None = None
+
+
+class StreamOptions(_Wire):
+    include_usage: bool | None = None
+
+
+# --- the request -----------------------------------------------------------------------------
+
+
+def _check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
+    if value is None:
+        return value
+    if len(value) > 16:
+        raise ValueError("at most 16 key-value pairs are allowed")
+    for key, item in value.items():
+        if len(key) > 64:
+            raise ValueError(f"key {key[:20]!r}... is longer than 64 characters")
+        if len(item) > 512:
+            raise ValueError(f"the value of {key!r} is longer than 512 characters")
+    return value
+
+
+def _check_stop(value: str | list[str] | None) -> str | list[str] | None:
+    items = [value] if isinstance(value, str) else value or []
+    if any(item == "" for item in items):
+        raise ValueError("stop sequences must not be empty")
+    return value
+
+
+def _check_logit_bias(value: dict[str, float] | None) -> dict[str, float] | None:
+    for key, bias in (value or {}).items():
+        if not key.lstrip("-").isdigit():
+            raise ValueError(f"keys are token ids; {key!r} is not an integer")
+        if not -100 <= bias <= 100:
+            raise ValueError(f"bias for token {key} must be between -100 and 100")
+    return value
+
+
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+
+
+class ChatCompletionRequest(_Wire):
+    messages: Annotated[list[Message], Field(min_length=1)]
+    model: str
+    audio: AudioOutput | None = None
+    frequency_penalty: Penalty | None = None
+    function_call: Literal["none", "auto"] | NamedFunction | None = None
+    functions: Annotated[list[FunctionDefinition], Field(max_length=128)] | None = None
+    logit_bias: Annotated[dict[str, float] | None, AfterValidator(_check_logit_bias)] = None
+    logprobs: bool | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    metadata: Annotated[dict[str, str] | None, AfterValidator(_check_metadata)] = None
+    modalities: list[Literal["text", "audio"]] | None = None
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    parallel_tool_calls: bool | None = None
+    prediction: PredictionContent | None = None
+    presence_penalty: Penalty | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    response_format: ResponseFormat | None = None
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**64)] | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    stop: Annotated[
+        str | Annotated[list[str], Field(min_length=1, max_length=4)] | None, AfterValidator(_check_stop)
+    ] = None
+    store: bool | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    user: str | None = None
+    web_search_options: WebSearchOptions | None = None
+
+    @property
+    def stop_sequences(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)

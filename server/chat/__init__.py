@@ -1,0 +1,1 @@
+"""Request orchestration between the wire and the engine; imports no web framework."""

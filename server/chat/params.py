@@ -1,0 +1,121 @@
+"""Request + model defaults -> engine SamplingParams; refuses what this server cannot do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from server.api.errors import ContextLengthExceeded, InvalidRequest, UnsupportedParameter
+from server.api.schemas.request import ChatCompletionRequest
+from server.config import SamplingDefaults
+from server.engine.types import SamplingParams
+
+
+@dataclass(slots=True, frozen=True)
+class ModelLimits:
+    context_length: int
+    vocab_size: int
+    stop_token_ids: frozenset[int]
+    defaults: SamplingDefaults
+
+
+def refuse_unsupported(request: ChatCompletionRequest) -> None:
+    """Fields the server parses but cannot honour yet: a 400 naming them, never silently ignored.
+
+    Values that ask for nothing beyond the default (`tool_choice: "none"`, `store: false`,
+    `response_format: {"type": "text"}`, `modalities: ["text"]`) are accepted.
+    """
+    if request.tools:
+        raise UnsupportedParameter("tools")
+    if request.tool_choice not in (None, "none"):
+        raise UnsupportedParameter("tool_choice")
+    if request.parallel_tool_calls is not None and not request.tools:
+        raise InvalidRequest(
+            "'parallel_tool_calls' is only allowed when 'tools' are given.", param="parallel_tool_calls"
+        )
+    if request.functions:
+        raise UnsupportedParameter("functions")
+    if request.function_call not in (None, "none"):
+        raise UnsupportedParameter("function_call")
+    if request.response_format is not None and request.response_format.type != "text":
+        raise UnsupportedParameter(
+            "response_format", f"type '{request.response_format.type}' is not supported yet"
+        )
+    if request.store:
+        raise UnsupportedParameter("store")
+    if request.reasoning_effort is not None:
+        raise UnsupportedParameter("reasoning_effort", "is not supported: the served models do not reason")
+    if request.prediction is not None:
+        raise UnsupportedParameter("prediction")
+    if request.modalities is not None and "audio" in request.modalities:
+        raise UnsupportedParameter(
+            "modalities", "cannot include 'audio': the served models produce text only"
+        )
+    if request.audio is not None:
+        raise UnsupportedParameter("audio", "is not supported: the served models produce text only")
+    if request.web_search_options is not None:
+        raise UnsupportedParameter("web_search_options", "is not supported: this server has no web search")
+    if request.stream_options is not None and not request.stream:
+        raise InvalidRequest(
+            "'stream_options' is only allowed when 'stream' is true.", param="stream_options"
+        )
+    if request.top_logprobs is not None and not request.logprobs:
+        raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
+
+
+def completion_budget(request: ChatCompletionRequest, limits: ModelLimits, prompt_tokens: int) -> int:
+    requested = request.max_completion_tokens or request.max_tokens or limits.defaults.max_tokens
+    room = limits.context_length - prompt_tokens
+    if requested is None:
+        if room >= 1:
+            return room
+        requested = 1
+    if prompt_tokens + requested > limits.context_length:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {limits.context_length} tokens. However, you requested "
+            f"{prompt_tokens + requested} tokens ({prompt_tokens} in the messages, {requested} in the "
+            "completion). Please reduce the length of the messages or completion.",
+            param="messages",
+        )
+    return requested
+
+
+def _logit_bias(request: ChatCompletionRequest, vocab_size: int) -> tuple[tuple[int, float], ...]:
+    pairs: list[tuple[int, float]] = []
+    for key, value in (request.logit_bias or {}).items():
+        token_id = int(key)
+        if not 0 <= token_id < vocab_size:
+            raise InvalidRequest(
+                f"Invalid key in 'logit_bias': token id {token_id} is outside this model's vocabulary "
+                f"(0..{vocab_size - 1}).",
+                param="logit_bias",
+            )
+        pairs.append((token_id, float(value)))
+    return tuple(pairs)
+
+
+def choice_seed(seed: int | None, index: int) -> int | None:
+    """Choices of one request draw from different streams; the same seed repeats all of them."""
+    if seed is None:
+        return None
+    return (seed + index * 0x9E3779B97F4A7C15) % 2**64
+
+
+def sampling_params(
+    request: ChatCompletionRequest, limits: ModelLimits, prompt_tokens: int, index: int
+) -> SamplingParams:
+    defaults = limits.defaults
+
+    def pick(value: float | None, default: float | None, fallback: float) -> float:
+        return float(value if value is not None else default if default is not None else fallback)
+
+    return SamplingParams(
+        max_tokens=completion_budget(request, limits, prompt_tokens),
+        temperature=pick(request.temperature, defaults.temperature, 1.0),
+        top_p=pick(request.top_p, defaults.top_p, 1.0),
+        presence_penalty=pick(request.presence_penalty, defaults.presence_penalty, 0.0),
+        frequency_penalty=pick(request.frequency_penalty, defaults.frequency_penalty, 0.0),
+        logit_bias=_logit_bias(request, limits.vocab_size),
+        seed=choice_seed(request.seed, index),
+        top_logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+        stop_token_ids=limits.stop_token_ids,
+    )

@@ -1,0 +1,167 @@
+"""Messages -> prompt text and token ids, through the model's own chat template."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import TemplateError
+from transformers import PreTrainedTokenizerBase
+
+from server.api.errors import InvalidRequest, UnsupportedParameter
+from server.api.schemas.request import (
+    AssistantMessage,
+    DeveloperMessage,
+    FunctionCall,
+    FunctionMessage,
+    Message,
+    RefusalPart,
+    SystemMessage,
+    TextPart,
+    ToolMessage,
+    UserMessage,
+)
+
+# Used for models that ship no chat template (base models): plain ChatML.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+PART_SEPARATOR = "\n"  # text parts of one message are joined with a newline, as vLLM does
+
+
+@dataclass(slots=True, frozen=True)
+class Prompt:
+    text: str
+    token_ids: list[int]
+
+
+class ChatTemplater:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, template: str | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.template = template or tokenizer.chat_template or CHATML_TEMPLATE
+        self.knows_developer = "developer" in self.template
+        self.knows_tool_calls = "tool_calls" in self.template
+
+    def render(self, messages: list[Message]) -> Prompt:
+        converted = self._convert(messages)
+        continue_final = converted[-1]["role"] == "assistant"
+        try:
+            text = self.tokenizer.apply_chat_template(
+                converted,
+                chat_template=self.template,
+                tokenize=False,
+                add_generation_prompt=not continue_final,
+                continue_final_message=continue_final,
+            )
+        except (TemplateError, ValueError) as exc:
+            raise InvalidRequest(
+                f"The model's chat template rejected the messages: {exc}", param="messages"
+            ) from exc
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return Prompt(text, list(ids))
+
+    def _convert(self, messages: list[Message]) -> list[dict[str, Any]]:
+        system_parts: list[str] = []
+        out: list[dict[str, Any]] = []
+        for index, message in enumerate(messages):
+            if isinstance(message, DeveloperMessage | SystemMessage):
+                if isinstance(message, DeveloperMessage) and self.knows_developer:
+                    out.append(_named({"role": "developer", "content": _text(message.content)}, message.name))
+                else:
+                    system_parts.append(_text(message.content))
+            elif isinstance(message, UserMessage):
+                out.append(_named({"role": "user", "content": _user_text(message, index)}, message.name))
+            elif isinstance(message, AssistantMessage):
+                out.append(self._assistant(message))
+            elif isinstance(message, ToolMessage):
+                out.append(self._tool_result(_text(message.content), message.tool_call_id, None))
+            elif isinstance(message, FunctionMessage):
+                out.append(self._tool_result(message.content or "", None, message.name))
+        if system_parts:
+            # Several system/developer messages are merged, in order, into one leading system turn:
+            # many templates accept only one, and only first.
+            out.insert(0, {"role": "system", "content": "\n\n".join(system_parts)})
+        return out
+
+    def _assistant(self, message: AssistantMessage) -> dict[str, Any]:
+        content = _assistant_text(message)
+        calls = [(c.id, c.function) for c in message.tool_calls or []]
+        if message.function_call is not None:
+            calls.append((None, message.function_call))
+        turn: dict[str, Any] = _named({"role": "assistant", "content": content}, message.name)
+        if not calls:
+            return turn
+        if self.knows_tool_calls:
+            turn["tool_calls"] = [_template_call(call_id, fn) for call_id, fn in calls]
+        else:
+            rendered = "\n".join(_hermes_call(fn) for _, fn in calls)
+            turn["content"] = f"{content}\n{rendered}" if content else rendered
+        return turn
+
+    def _tool_result(self, content: str, tool_call_id: str | None, name: str | None) -> dict[str, Any]:
+        if self.knows_tool_calls:
+            turn: dict[str, Any] = {"role": "tool", "content": content}
+            if tool_call_id is not None:
+                turn["tool_call_id"] = tool_call_id
+            return _named(turn, name)
+        # Templates without tool support get the result as a user turn, in the Hermes style.
+        return {"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"}
+
+
+def _named(turn: dict[str, Any], name: str | None) -> dict[str, Any]:
+    if name is not None:
+        turn["name"] = name
+    return turn
+
+
+def _text(content: str | list[TextPart]) -> str:
+    if isinstance(content, str):
+        return content
+    return PART_SEPARATOR.join(part.text for part in content)
+
+
+def _user_text(message: UserMessage, index: int) -> str:
+    if isinstance(message.content, str):
+        return message.content
+    texts: list[str] = []
+    for part_index, part in enumerate(message.content):
+        if not isinstance(part, TextPart):
+            raise UnsupportedParameter(
+                f"messages[{index}].content[{part_index}]",
+                f"is a '{part.type}' content part; this server accepts text parts only so far",
+            )
+        texts.append(part.text)
+    return PART_SEPARATOR.join(texts)
+
+
+def _assistant_text(message: AssistantMessage) -> str:
+    if message.content is None:
+        return message.refusal or ""
+    if isinstance(message.content, str):
+        return message.content
+    return PART_SEPARATOR.join(p.refusal if isinstance(p, RefusalPart) else p.text for p in message.content)
+
+
+def _parsed_arguments(arguments: str) -> Any:
+    try:
+        return json.loads(arguments)
+    except json.JSONDecodeError:
+        return arguments
+
+
+def _template_call(call_id: str | None, fn: FunctionCall) -> dict[str, Any]:
+    # Templates expect the arguments as an object, not the JSON string of the wire format.
+    call: dict[str, Any] = {
+        "type": "function",
+        "function": {"name": fn.name, "arguments": _parsed_arguments(fn.arguments)},
+    }
+    if call_id is not None:
+        call["id"] = call_id
+    return call
+
+
+def _hermes_call(fn: FunctionCall) -> str:
+    payload = json.dumps({"name": fn.name, "arguments": _parsed_arguments(fn.arguments)}, ensure_ascii=False)
+    return f"<tool_call>\n{payload}\n</tool_call>"

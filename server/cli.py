@@ -1,0 +1,78 @@
+"""Command line: `python -m server serve --config models.yaml --host H --port P`, `models`, `prepare`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from server.config import ConfigError, ServerConfig, load_config
+
+logger = logging.getLogger("server")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the configured models over HTTP")
+    serve.add_argument("--config", default="models.yaml", help="the models file (default: models.yaml)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    listing = sub.add_parser("models", help="list the models a config file declares")
+    listing.add_argument("--config", default="models.yaml")
+    prepare = sub.add_parser("prepare", help="load every model once (converting GGUF files into the cache)")
+    prepare.add_argument("--config", default="models.yaml")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, getattr(args, "log_level", "info").upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "models":
+        return _list_models(config)
+    if args.command == "prepare":
+        return _prepare(config)
+    return _serve(config, args.host, args.port, args.log_level)
+
+
+def _list_models(config: ServerConfig) -> int:
+    print(f"{'id':32} {'dtype':9} {'device':8} source")
+    for spec in config.models:
+        print(f"{spec.id:32} {spec.dtype:9} {spec.device!s:8} {spec.source.describe()}")
+    return 0
+
+
+def _prepare(config: ServerConfig) -> int:
+    from server.models.loader import load_model
+
+    for spec in config.models:
+        load_model(spec, config.server, config.base_dir)
+        logger.info("model %s: prepared", spec.id)
+    return 0
+
+
+def _serve(config: ServerConfig, host: str, port: int, log_level: str) -> int:
+    import uvicorn
+
+    from server.app import create_app
+
+    failed = False
+
+    def on_fatal() -> None:
+        nonlocal failed
+        failed = True
+        server.should_exit = True
+
+    app = create_app(config, on_fatal=on_fatal)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=True))
+    server.run()
+    return 1 if failed else 0

@@ -1,0 +1,124 @@
+"""models.yaml -> typed, validated configuration (read once at start-up)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class ConfigError(Exception):
+    """A broken configuration file; the message names the file, the entry and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSource(_Strict):
+    """Where the weights come from: exactly one of `path`, `hub`, `package`.
+
+    `file` names a GGUF file inside that directory, hub repository or package.
+    """
+
+    path: str | None = None
+    hub: str | None = None
+    package: str | None = None
+    file: str | None = None
+    revision: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        given = [k for k in ("path", "hub", "package") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'path', 'hub' or 'package'")
+        if self.package and not self.file:
+            raise ValueError("'package' needs 'file': the file inside the package to load")
+        if self.revision and not self.hub:
+            raise ValueError("'revision' only applies to 'hub'")
+        return self
+
+    def describe(self) -> str:
+        where = self.path or self.hub or f"package {self.package}"
+        return f"{where}/{self.file}" if self.file else str(where)
+
+
+class SamplingDefaults(_Strict):
+    """Used where a request leaves the field out."""
+
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+
+
+class ModelSpec(_Strict):
+    id: Annotated[str, Field(min_length=1, max_length=256)]
+    source: ModelSource
+    dtype: Dtype = "auto"
+    # "auto", "cpu", "cuda", "cuda:N", an accelerate device_map name ("balanced", ...) or a mapping.
+    device: str | dict[str, int | str] = "auto"
+    context_length: Annotated[int, Field(ge=16)] | None = None
+    chat_template: str | None = None  # a Jinja template, or a path to a file holding one
+    trust_remote_code: bool = False
+    defaults: SamplingDefaults = SamplingDefaults()
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "openweights-server")
+
+
+class ServerSettings(_Strict):
+    # Converted GGUF checkpoints are kept here so later starts skip the slow conversion.
+    cache_dir: str = Field(default_factory=_default_cache_dir)
+
+
+class ServerConfig(_Strict):
+    models: Annotated[list[ModelSpec], Field(min_length=1)]
+    server: ServerSettings = ServerSettings()
+    base_dir: Path = Path(".")  # the config file's folder: relative paths resolve against it
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> ServerConfig:
+        seen: set[str] = set()
+        for spec in self.models:
+            if spec.id in seen:
+                raise ValueError(f"model id {spec.id!r} is declared twice")
+            seen.add(spec.id)
+        return self
+
+
+def _where(raw: Any, loc: tuple[int | str, ...]) -> str:
+    if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+        index = loc[1]
+        entry = f"models[{index}]"
+        with contextlib.suppress(KeyError, IndexError, TypeError):
+            entry += f" (id {raw['models'][index]['id']!r})"
+        field = ".".join(str(p) for p in loc[2:]) or "(the entry)"
+        return f"entry {entry}, field '{field}'"
+    return f"field '{'.'.join(str(p) for p in loc) or '(top level)'}'"
+
+
+def load_config(path: str | Path) -> ServerConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the file: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'models' list at the top level")
+    try:
+        return ServerConfig.model_validate({**raw, "base_dir": path.resolve().parent})
+    except ValidationError as exc:
+        problems = [f"{_where(raw, tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"{path}: " + "; ".join(problems)) from exc

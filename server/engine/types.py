@@ -1,0 +1,62 @@
+"""Plain data passed between the chat layer and the engine."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"  # an end-of-sequence token (stop strings are the chat layer's business)
+    LENGTH = "length"  # max_tokens reached
+    ABORT = "abort"  # cancelled by the caller
+    ERROR = "error"  # the engine failed on this request
+
+
+@dataclass(slots=True, frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    seed: int | None = None
+    top_logprobs: int | None = None  # None: no logprobs; 0..20: the sampled token's, plus k alternatives
+    stop_token_ids: frozenset[int] = frozenset()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(slots=True)
+class EngineRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+
+
+@dataclass(slots=True, frozen=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+
+
+@dataclass(slots=True, frozen=True)
+class SampledToken:
+    token_id: int
+    logprob: float | None = None  # set when logprobs were asked for
+    top: tuple[TokenLogprob, ...] = ()  # descending by logprob
+
+
+@dataclass(slots=True)
+class StepOutput:
+    """What one engine step produced for one request."""
+
+    request_id: str
+    token: SampledToken | None
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0

@@ -1,0 +1,1 @@
+"""Loading configured models and looking them up by id."""

@@ -1,0 +1,147 @@
+"""Loads a configured model's weights and tokenizer onto its device."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from server.config import ModelSpec, ServerSettings
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_PLAIN_DEVICES = ("cpu", "cuda", "mps")
+
+
+class ModelLoadError(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    dtype: torch.dtype
+    device: str
+
+
+@dataclass(slots=True, frozen=True)
+class ResolvedSource:
+    location: str  # a local directory or a hub repository id
+    gguf_file: str | None
+    is_local: bool
+
+
+def resolve_source(spec: ModelSpec, base_dir: Path) -> ResolvedSource:
+    src = spec.source
+    if src.package:
+        found = importlib.util.find_spec(src.package)
+        if found is None or not found.origin:
+            raise ModelLoadError(f"model {spec.id!r}: Python package {src.package!r} is not installed")
+        return ResolvedSource(str(Path(found.origin).parent), src.file, True)
+    if src.hub:
+        return ResolvedSource(src.hub, src.file, False)
+    assert src.path is not None
+    path = Path(os.path.expanduser(src.path))
+    if not path.is_absolute():
+        path = base_dir / path
+    if path.is_file() and path.suffix == ".gguf":
+        return ResolvedSource(str(path.parent), path.name, True)
+    if not path.is_dir():
+        raise ModelLoadError(f"model {spec.id!r}: {path} is neither a directory nor a .gguf file")
+    return ResolvedSource(str(path), src.file, True)
+
+
+def pick_device(spec: ModelSpec) -> str | dict[str, int | str]:
+    if spec.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return spec.device
+
+
+def pick_dtype(spec: ModelSpec, device: str | dict[str, int | str]) -> torch.dtype:
+    if spec.dtype != "auto":
+        return _DTYPES[spec.dtype]
+    on_cuda = not isinstance(device, str) or device.startswith("cuda") or device in ("balanced", "sequential")
+    if on_cuda and torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model(spec: ModelSpec, settings: ServerSettings, base_dir: Path) -> LoadedModel:
+    source = resolve_source(spec, base_dir)
+    device = pick_device(spec)
+    dtype = pick_dtype(spec, device)
+    location, gguf_file = source.location, source.gguf_file
+    if gguf_file:
+        location, gguf_file = _converted_gguf(spec, source, settings), None
+    logger.info("model %s: loading tokenizer from %s", spec.id, location)
+    tokenizer = AutoTokenizer.from_pretrained(
+        location, revision=spec.source.revision, trust_remote_code=spec.trust_remote_code
+    )
+    plain_device = isinstance(device, str) and device.split(":")[0] in _PLAIN_DEVICES
+    logger.info("model %s: loading weights (%s) onto %s", spec.id, str(dtype).removeprefix("torch."), device)
+    model = AutoModelForCausalLM.from_pretrained(
+        location,
+        revision=spec.source.revision,
+        dtype=dtype,
+        device_map=None if plain_device else device,
+        trust_remote_code=spec.trust_remote_code,
+    )
+    if plain_device:
+        model = model.to(device)
+    model.eval()
+    return LoadedModel(model, tokenizer, dtype, device if isinstance(device, str) else "device_map")
+
+
+def _converted_gguf(spec: ModelSpec, source: ResolvedSource, settings: ServerSettings) -> str:
+    """GGUF files take transformers tens of seconds to parse and dequantize; do it once and keep a
+    plain checkpoint in the cache, keyed by the file's identity."""
+    assert source.gguf_file is not None
+    if source.is_local:
+        file_path = Path(source.location) / source.gguf_file
+        if not file_path.is_file():
+            raise ModelLoadError(f"model {spec.id!r}: GGUF file {file_path} does not exist")
+        stat = file_path.stat()
+        identity = f"{file_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    else:
+        identity = f"hub:{source.location}|{source.gguf_file}|{spec.source.revision}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:20]
+    target = Path(settings.cache_dir) / "gguf" / key
+    if (target / "config.json").is_file():
+        logger.info("model %s: using the converted GGUF checkpoint in %s", spec.id, target)
+        return str(target)
+    logger.info("model %s: converting GGUF %s once into %s (this takes a while)", spec.id, identity, target)
+    convert_gguf(source.location, source.gguf_file, target, spec.source.revision)
+    return str(target)
+
+
+def convert_gguf(location: str, gguf_file: str, target: Path, revision: str | None = None) -> None:
+    """Dequantizes a GGUF file with transformers and saves it as a plain checkpoint directory."""
+    tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf_file, revision=revision)
+    model = AutoModelForCausalLM.from_pretrained(location, gguf_file=gguf_file, revision=revision)
+    # The weights are dequantized to plain tensors; drop the GGUF quantizer so they can be saved.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if (target / "config.json").is_file():  # another process finished first
+            shutil.rmtree(tmp)
+            return
+        shutil.rmtree(target, ignore_errors=True)  # a half-written one from an interrupted run
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,146 @@
+"""Model id -> the loaded model, its tokenizer, templater and engine."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+import server
+from server.api.errors import ModelNotFound, ServiceUnavailable
+from server.chat.params import ModelLimits
+from server.chat.templating import ChatTemplater
+from server.config import ModelSpec, ServerConfig
+from server.engine.engine import AsyncEngine, Engine
+from server.engine.model_runner import ModelRunner
+from server.models.loader import LoadedModel, load_model
+from server.models.token_table import TokenTable
+
+logger = logging.getLogger(__name__)
+
+FALLBACK_CONTEXT_LENGTH = 2048
+
+
+@dataclass(slots=True)
+class ServedModel:
+    spec: ModelSpec
+    tokenizer: PreTrainedTokenizerBase
+    templater: ChatTemplater
+    tokens: TokenTable
+    limits: ModelLimits
+    engine: AsyncEngine
+    fingerprint: str
+    created: int
+
+
+class ModelRegistry:
+    def __init__(self, config: ServerConfig) -> None:
+        self._config = config
+        self._models: dict[str, ServedModel] = {}
+        self._ready = threading.Event()
+        self.failure: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def configured_ids(self) -> list[str]:
+        return [spec.id for spec in self._config.models]
+
+    def served(self) -> list[ServedModel]:
+        return list(self._models.values())
+
+    def get(self, model_id: str) -> ServedModel:
+        if model_id not in self.configured_ids:
+            raise ModelNotFound(model_id)
+        if not self.ready:
+            raise ServiceUnavailable("The server is still loading its models; try again shortly.")
+        return self._models[model_id]
+
+    def load_all(self) -> None:
+        """Blocking: loads every configured model and starts its engine."""
+        try:
+            for spec in self._config.models:
+                started = time.monotonic()
+                self._models[spec.id] = self._serve(spec)
+                logger.info("model %s: ready in %.1f s", spec.id, time.monotonic() - started)
+        except Exception as exc:
+            self.failure = f"{type(exc).__name__}: {exc}"
+            raise
+        self._ready.set()
+
+    def shutdown(self) -> None:
+        for served in self._models.values():
+            served.engine.engine.stop()
+
+    def _serve(self, spec: ModelSpec) -> ServedModel:
+        loaded = load_model(spec, self._config.server, self._config.base_dir)
+        tokenizer, model = loaded.tokenizer, loaded.model
+        template = _chat_template(spec, self._config.base_dir)
+        vocab_size = int(model.config.get_text_config().vocab_size)
+        limits = ModelLimits(
+            context_length=_context_length(spec, model),
+            vocab_size=vocab_size,
+            stop_token_ids=_stop_token_ids(tokenizer, model),
+            defaults=spec.defaults,
+        )
+        engine = Engine(ModelRunner(model), name=f"engine-{spec.id}")
+        engine.start()
+        return ServedModel(
+            spec=spec,
+            tokenizer=tokenizer,
+            templater=ChatTemplater(tokenizer, template),
+            tokens=TokenTable(tokenizer, vocab_size),
+            limits=limits,
+            engine=AsyncEngine(engine),
+            fingerprint=_fingerprint(spec, loaded),
+            created=int(time.time()),
+        )
+
+
+def _chat_template(spec: ModelSpec, base_dir: Path) -> str | None:
+    template = spec.chat_template
+    if template is None or "{" in template:
+        return template
+    path = Path(template).expanduser()
+    return (path if path.is_absolute() else base_dir / path).read_text(encoding="utf-8")
+
+
+def _context_length(spec: ModelSpec, model: PreTrainedModel) -> int:
+    if spec.context_length is not None:
+        return spec.context_length
+    text_config = model.config.get_text_config()
+    return int(getattr(text_config, "max_position_embeddings", None) or FALLBACK_CONTEXT_LENGTH)
+
+
+def _stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> frozenset[int]:
+    ids: set[int] = set()
+    for value in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list):
+            ids.update(v for v in value if isinstance(v, int))
+    return frozenset(ids)
+
+
+def _fingerprint(spec: ModelSpec, loaded: LoadedModel) -> str:
+    """Changes whenever something that can change outputs for a fixed seed changes."""
+    parts = [
+        server.__version__,
+        spec.id,
+        spec.source.describe(),
+        str(loaded.dtype),
+        loaded.device,
+        spec.chat_template or "",
+        torch.__version__,
+        transformers.__version__,
+    ]
+    return "fp_" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:10]

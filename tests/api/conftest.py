@@ -1,0 +1,41 @@
+"""The app in-process over httpx's ASGI transport, serving the tiny random-weight model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from fastapi import FastAPI
+
+from server.app import create_app
+from server.config import load_config
+from tests.conftest import tiny_config_yaml
+
+
+@pytest.fixture(scope="session")
+async def tiny_app(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FastAPI]:
+    config = load_config(tiny_config_yaml(tiny_model_dir, tmp_path_factory.mktemp("cfg")))
+    app = create_app(config)
+    async with app.router.lifespan_context(app):
+        for _ in range(600):
+            if app.state.registry.ready:
+                break
+            await asyncio.sleep(0.05)
+        assert app.state.registry.ready, app.state.registry.failure
+        yield app
+
+
+@pytest.fixture(scope="session")
+async def http(tiny_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=tiny_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def client(http: httpx.AsyncClient) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http)

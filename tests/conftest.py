@@ -1,0 +1,72 @@
+"""Shared fixtures: the default model's converted checkpoint and a tiny random-weight model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from server.config import ServerConfig, load_config
+from server.models.loader import resolve_source
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "models.yaml"
+
+
+@pytest.fixture(scope="session")
+def default_config() -> ServerConfig:
+    return load_config(DEFAULT_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def default_checkpoint(default_config: ServerConfig) -> Path:
+    """The default model as a plain checkpoint (converted from its GGUF file once, then cached)."""
+    from server.models.loader import _converted_gguf
+
+    spec = default_config.models[0]
+    return Path(_converted_gguf(spec, resolve_source(spec, REPO), default_config.server))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(default_checkpoint: Path) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(default_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase) -> Path:
+    """A 2-layer random-weight Llama with the default model's tokenizer: fast, and deterministic."""
+    target = tmp_path_factory.mktemp("tiny-model")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # sharper logits than the default init, so sampling settings matter
+        model.lm_head.weight.normal_(0, 0.3)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def tiny_config_yaml(model_dir: Path, tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "models:\n"
+        "  - id: tiny\n"
+        f"    source: {{path: {model_dir}}}\n"
+        "    dtype: float32\n"
+        "    device: cpu\n" + extra,
+        encoding="utf-8",
+    )
+    return path
