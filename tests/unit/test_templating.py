@@ -62,7 +62,9 @@ def test_tool_history_falls_back_to_hermes_style(tokenizer) -> None:
 def test_template_with_tool_support_gets_structured_calls(tokenizer) -> None:
     template = (
         "{% for m in messages %}{{ m.role }}:{{ m.content }}"
-        "{% for c in m.tool_calls or [] %}[{{ c.function.name }}({{ c.function.arguments.city }})]{% endfor %}"
+        "{% for c in m.tool_calls or [] %}"
+        "[{{ c.function.name }}({{ c.function.arguments.city }})]"
+        "{% endfor %}"
         "{% if m.tool_call_id %}#{{ m.tool_call_id }}{% endif %}|{% endfor %}"
     )
     text = _render(

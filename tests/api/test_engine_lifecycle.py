@@ -1,0 +1,46 @@
+"""Cancellation reaches the engine: a closed stream frees its sequence."""
+
+import asyncio
+
+from fastapi import FastAPI
+
+from server.api.schemas.request import ChatCompletionRequest
+
+
+async def _wait_idle(engine, seconds: float = 5.0) -> bool:
+    for _ in range(int(seconds / 0.02)):
+        if engine.num_running == 0:
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_closing_a_stream_aborts_its_generation(tiny_app: FastAPI) -> None:
+    service = tiny_app.state.chat_service
+    engine = tiny_app.state.registry.get("tiny").engine.engine
+    request = ChatCompletionRequest.model_validate(
+        {"model": "tiny", "messages": [{"role": "user", "content": "go"}], "max_tokens": 400, "n": 2}
+    )
+    stream = await service.start(request)
+    chunks = aiter(stream)
+    for _ in range(6):
+        await anext(chunks)
+    assert engine.num_running == 2
+    await stream.aclose()
+    assert await _wait_idle(engine)
+
+
+async def test_stop_string_aborts_the_sequence(tiny_app: FastAPI, client) -> None:
+    engine = tiny_app.state.registry.get("tiny").engine.engine
+    first = await client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "go"}], max_tokens=6, temperature=0
+    )
+    text = first.choices[0].message.content
+    stop = text[len(text) // 2 :][:3]
+    r = await client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "go"}], max_tokens=200, temperature=0, stop=stop
+    )
+    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].message.content == text[: text.index(stop)]
+    assert r.usage.completion_tokens < 200
+    assert await _wait_idle(engine)
