@@ -44,3 +44,23 @@ async def test_stop_string_aborts_the_sequence(tiny_app: FastAPI, client) -> Non
     assert r.choices[0].message.content == text[: text.index(stop)]
     assert r.usage.completion_tokens < 200
     assert await _wait_idle(engine)
+
+
+async def test_non_stream_request_stops_when_the_client_disconnects(tiny_app: FastAPI) -> None:
+    from starlette.requests import Request
+
+    from server.api.routes.chat import _fold_unless_disconnected
+
+    engine = tiny_app.state.registry.get("tiny").engine.engine
+    request = ChatCompletionRequest.model_validate(
+        {"model": "tiny", "messages": [{"role": "user", "content": "go"}], "max_tokens": 450}
+    )
+    stream = await tiny_app.state.chat_service.start(request)
+
+    async def receive() -> dict:
+        await asyncio.sleep(0.3)  # the client leaves while the completion is being generated
+        return {"type": "http.disconnect"}
+
+    http_request = Request({"type": "http", "method": "POST", "headers": []}, receive)
+    assert await _fold_unless_disconnected(stream, http_request) is None
+    assert await _wait_idle(engine)
