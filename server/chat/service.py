@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +19,8 @@ from server.chat.detokenizer import IncrementalDecoder
 from server.chat.params import refuse_unsupported, sampling_params
 from server.engine.types import EngineRequest, FinishReason, StepOutput
 from server.models.registry import ModelRegistry, ServedModel
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -86,6 +89,16 @@ class ChatService:
             )
             for _ in range(n)
         ]
+        logger.info(
+            "%s: model=%s n=%d stream=%s prompt_tokens=%d max_tokens=%d user=%s",
+            header.id,
+            header.model,
+            n,
+            bool(request.stream),
+            len(prompt.token_ids),
+            engine_requests[0].params.max_tokens,
+            request.user,
+        )
         chunks = _generate(header, served, engine_requests, assemblers, len(prompt.token_ids))
         return ChatStream(header, chunks)
 

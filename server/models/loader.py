@@ -110,8 +110,7 @@ def _converted_gguf(spec: ModelSpec, source: ResolvedSource, settings: ServerSet
         file_path = Path(source.location) / source.gguf_file
         if not file_path.is_file():
             raise ModelLoadError(f"model {spec.id!r}: GGUF file {file_path} does not exist")
-        stat = file_path.stat()
-        identity = f"{file_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        identity = f"{file_path.name}|{_content_digest(file_path)}"
     else:
         identity = f"hub:{source.location}|{source.gguf_file}|{spec.source.revision}"
     key = hashlib.sha256(identity.encode()).hexdigest()[:20]
@@ -122,6 +121,19 @@ def _converted_gguf(spec: ModelSpec, source: ResolvedSource, settings: ServerSet
     logger.info("model %s: converting GGUF %s once into %s (this takes a while)", spec.id, identity, target)
     convert_gguf(source.location, source.gguf_file, target, spec.source.revision)
     return str(target)
+
+
+def _content_digest(path: Path, edge: int = 16 << 20) -> str:
+    """Size plus a hash of the first and last 16 MiB: the same file in another virtual environment
+    (another clone, a reinstall) hits the cache, and hashing a multi-GB file stays cheap."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        digest.update(f.read(edge))
+        if size > edge:
+            f.seek(max(edge, size - edge))
+            digest.update(f.read(edge))
+    return digest.hexdigest()
 
 
 def convert_gguf(location: str, gguf_file: str, target: Path, revision: str | None = None) -> None:

@@ -8,6 +8,7 @@ import logging
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
+from openai.types.chat import ChatCompletion
 
 from server.api import sse
 from server.api.schemas.request import ChatCompletionRequest
@@ -34,7 +35,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     return Response(completion.model_dump_json(exclude_unset=True), media_type="application/json")
 
 
-async def _fold_unless_disconnected(stream: ChatStream, request: Request):
+async def _fold_unless_disconnected(stream: ChatStream, request: Request) -> ChatCompletion | None:
     """Builds the whole completion, but stops generating as soon as the client goes away."""
     folding = asyncio.ensure_future(aggregate.fold(stream))
     watching = asyncio.ensure_future(_wait_for_disconnect(request))
