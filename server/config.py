@@ -59,6 +59,15 @@ class SamplingDefaults(_Strict):
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
 
 
+class EngineSettings(_Strict):
+    """Continuous batching limits (see README: models.yaml reference)."""
+
+    max_running: Annotated[int, Field(ge=1, le=1024)] = 16
+    max_kv_tokens: Annotated[int, Field(ge=16)] | None = None  # default: max_running x context length
+    max_batch_tokens: Annotated[int, Field(ge=16)] = 512
+    max_waiting: Annotated[int, Field(ge=1)] = 256
+
+
 class ModelSpec(_Strict):
     id: Annotated[str, Field(min_length=1, max_length=256)]
     source: ModelSource
@@ -69,6 +78,7 @@ class ModelSpec(_Strict):
     chat_template: str | None = None  # a Jinja template, or a path to a file holding one
     trust_remote_code: bool = False
     defaults: SamplingDefaults = SamplingDefaults()
+    engine: EngineSettings = EngineSettings()
 
 
 def _default_cache_dir() -> str:

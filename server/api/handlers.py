@@ -80,7 +80,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
     if exc.status >= 500:
         logger.error("request failed: %s", exc.message)
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -12,13 +12,14 @@ from openai.types.chat import ChatCompletionChunk
 from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta, ChoiceLogprobs
 from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
 
-from server.api.errors import InternalError
+from server.api.errors import InternalError, RateLimited
 from server.api.schemas.request import ChatCompletionRequest
 from server.chat.assembler import ChoiceAssembler, Delta
 from server.chat.detokenizer import IncrementalDecoder
 from server.chat.params import refuse_unsupported, sampling_params
-from server.engine.types import EngineRequest, FinishReason, StepOutput
-from server.models.registry import ModelRegistry, ServedModel
+from server.engine.engine import EngineStream
+from server.engine.types import EngineRequest, FinishReason, QueueFull, StepOutput
+from server.models.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -99,23 +100,25 @@ class ChatService:
             engine_requests[0].params.max_tokens,
             request.user,
         )
-        chunks = _generate(header, served, engine_requests, assemblers, len(prompt.token_ids))
+        try:
+            stream = served.engine.stream(engine_requests)
+        except QueueFull as exc:
+            raise RateLimited(f"The server is busy ({exc}); retry shortly.") from exc
+        chunks = _generate(header, stream, assemblers, len(prompt.token_ids))
         return ChatStream(header, chunks)
 
 
 async def _generate(
     header: _Header,
-    served: ServedModel,
-    requests: list[EngineRequest],
+    stream: EngineStream,
     assemblers: list[ChoiceAssembler],
     prompt_tokens: int,
 ) -> AsyncIterator[ChatCompletionChunk]:
     build = _ChunkBuilder(header)
-    completion_tokens = [0] * len(requests)
+    completion_tokens = [0] * len(assemblers)
     cached_tokens = 0
-    stream = served.engine.stream(requests)
     try:
-        for index in range(len(requests)):
+        for index in range(len(assemblers)):
             yield build.choice(index, ChoiceDelta(role="assistant", content=""))
         async for index, out in stream:
             if out.error is not None:

@@ -1,9 +1,9 @@
-"""The engine loop: one thread owns the model and advances every running sequence in turn.
+"""The engine loop: one thread owns the model and runs continuous batching.
 
-Each pass of the loop admits new requests, then gives every running sequence one forward step
-(a prompt chunk or one decoded token) and hands the sampled token to that request's consumer.
-Sequences finish on an end-of-sequence token, on their token limit, or when aborted; their cache
-is dropped at once.
+Each pass: take new requests and aborts, let the scheduler plan the step, run one packed forward
+pass over every scheduled sequence (prompt chunks and decode tokens together), sample each
+sequence's next token with its own parameters, hand it to its consumer, retire finished ones
+(their KV slot is free for the next step).
 """
 
 from __future__ import annotations
@@ -15,48 +15,48 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from transformers import DynamicCache
+import torch
 
 from server.engine.model_runner import ModelRunner
-from server.engine.sampler import SequenceSampler
-from server.engine.types import EngineRequest, FinishReason, SampledToken, StepOutput
+from server.engine.sampler import SequenceSampler, sample_batch
+from server.engine.scheduler import Scheduler, StepPlan
+from server.engine.sequence import SeqState, Sequence
+from server.engine.types import (
+    EngineConfig,
+    EngineRequest,
+    FinishReason,
+    QueueFull,
+    SampledToken,
+    StepOutput,
+)
 
 logger = logging.getLogger(__name__)
 
 Sink = Callable[[StepOutput], None]
-PREFILL_CHUNK_TOKENS = 512  # long prompts are read in chunks so running streams keep flowing
 
 
 @dataclass(slots=True)
-class _Sequence:
-    request: EngineRequest
+class _Consumer:
     sink: Sink
     sampler: SequenceSampler
-    cache: DynamicCache
-    prefilled: int = 0
-    generated: int = 0
-    last_token: int | None = None
     first_output_sent: bool = False
-    aborted: bool = False
-
-    @property
-    def prompt_done(self) -> bool:
-        return self.prefilled >= len(self.request.prompt_token_ids)
 
 
 class Engine:
     """Thread-side engine. `submit` and `abort` may be called from any thread."""
 
-    def __init__(self, runner: ModelRunner, name: str = "engine") -> None:
+    def __init__(self, runner: ModelRunner, config: EngineConfig, name: str = "engine") -> None:
         self.runner = runner
+        self.config = config
+        self.scheduler = Scheduler(config)
         self._name = name
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._incoming: list[_Sequence] = []
+        self._wake = threading.Condition()
+        self._incoming: list[list[Sequence]] = []
+        self._queued = 0  # sequences submitted but not yet handed to the scheduler
         self._aborts: set[str] = set()
-        self._running: list[_Sequence] = []
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self._by_id: dict[str, Sequence] = {}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
@@ -69,11 +69,25 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    def submit(self, request: EngineRequest, sink: Sink) -> None:
-        sampler = SequenceSampler(request.params, self.runner.vocab_size)
-        seq = _Sequence(request, sink, sampler, self.runner.new_cache())
+    def submit(self, requests: list[EngineRequest], sink: Sink) -> None:
+        """Queues the requests (the choices of one chat request) together; raises QueueFull."""
+        seqs = []
+        for request in requests:
+            sampler = SequenceSampler(request.params, self.runner.vocab_size)
+            seq = Sequence(
+                request.request_id,
+                list(request.prompt_token_ids),
+                len(request.prompt_token_ids),
+                request.params,
+            )
+            seq.payload = _Consumer(sink, sampler)
+            seqs.append(seq)
         with self._wake:
-            self._incoming.append(seq)
+            waiting = len(self.scheduler.waiting) + self._queued
+            if waiting + len(seqs) > self.config.max_waiting:
+                raise QueueFull(f"{waiting} sequences are waiting (limit {self.config.max_waiting})")
+            self._incoming.append(seqs)
+            self._queued += len(seqs)
             self._wake.notify()
 
     def abort(self, request_id: str) -> None:
@@ -83,83 +97,89 @@ class Engine:
 
     @property
     def num_running(self) -> int:
-        return len(self._running)
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting) + self._queued
 
     def _loop(self) -> None:
+        scheduler = self.scheduler
         while True:
             with self._wake:
-                while not (self._stopped or self._incoming or self._running or self._aborts):
+                while not (self._stopped or self._incoming or self._aborts or scheduler.has_work()):
                     self._wake.wait()
                 if self._stopped:
                     break
-                self._running.extend(self._incoming)
-                self._incoming.clear()
+                incoming, self._incoming, self._queued = self._incoming, [], 0
                 aborts, self._aborts = self._aborts, set()
-            for seq in self._running:
-                if seq.request.request_id in aborts:
-                    seq.aborted = True
-            for seq in list(self._running):
-                self._advance(seq)
-        for seq in self._running:
+            for seqs in incoming:
+                scheduler.add(seqs)
+                for seq in seqs:
+                    self._by_id[seq.request_id] = seq
+            for request_id in aborts:
+                seq = self._by_id.get(request_id)
+                if seq is not None:
+                    self._finish(seq, FinishReason.ABORT)
+            if scheduler.has_work():
+                self._step()
+        for seq in list(self._by_id.values()):
             self._finish(seq, FinishReason.ABORT)
+        self.runner.cache.release()
 
-    def _advance(self, seq: _Sequence) -> None:
-        if seq.aborted:
-            self._finish(seq, FinishReason.ABORT)
+    def _step(self) -> None:
+        plan = self.scheduler.schedule()
+        if plan.empty:
             return
         try:
-            if not seq.prompt_done:
-                prompt = seq.request.prompt_token_ids
-                chunk = prompt[seq.prefilled : seq.prefilled + PREFILL_CHUNK_TOKENS]
-                logits = self.runner.forward(chunk, seq.cache)
-                seq.prefilled += len(chunk)
-                if not seq.prompt_done:
-                    return
-            else:
-                assert seq.last_token is not None
-                logits = self.runner.forward([seq.last_token], seq.cache)
-            token = seq.sampler.sample(logits)
-        except Exception as exc:  # one failing request must not take the loop down
-            logger.exception("generation failed for %s", seq.request.request_id)
-            self._finish(seq, FinishReason.ERROR, error=f"{type(exc).__name__}: {exc}")
+            logits = self.runner.run(plan)
+        except Exception as exc:  # a failed step fails its sequences, never the loop
+            logger.exception("forward pass failed")
+            for chunk in plan.chunks:
+                self._finish(chunk.seq, FinishReason.ERROR, f"{type(exc).__name__}: {exc}")
             return
-        seq.last_token = token.token_id
-        seq.generated += 1
-        params = seq.request.params
-        finish: FinishReason | None = None
-        if token.token_id in params.stop_token_ids:
-            finish = FinishReason.STOP
-        elif seq.generated >= params.max_tokens:
-            finish = FinishReason.LENGTH
-        seq.sink(self._output(seq, token, finish))
-        if finish is not None:
-            self._retire(seq)
+        self.scheduler.update(plan)
+        self._deliver(plan, logits)
 
-    def _output(
-        self,
-        seq: _Sequence,
-        token: SampledToken | None,
-        finish: FinishReason | None,
-        error: str | None = None,
-    ) -> StepOutput:
-        out = StepOutput(seq.request.request_id, token, finish, error)
-        if not seq.first_output_sent:
-            out.prompt_tokens = len(seq.request.prompt_token_ids)
-            seq.first_output_sent = True
-        return out
+    def _deliver(self, plan: StepPlan, logits: torch.Tensor) -> None:
+        sampling = [chunk.seq for chunk in plan.chunks if chunk.samples]
+        tokens = sample_batch([seq.payload.sampler for seq in sampling], logits)
+        for seq, token in zip(sampling, tokens, strict=True):
+            seq.token_ids.append(token.token_id)
+            params = seq.params
+            finish = None
+            if token.token_id in params.stop_token_ids:
+                finish = FinishReason.STOP
+            elif seq.generated >= params.max_tokens or len(seq.token_ids) >= self.config.context_length:
+                finish = FinishReason.LENGTH
+            self._emit(seq, token, finish)
+            if finish is not None:
+                self._retire(seq)
 
-    def _finish(self, seq: _Sequence, reason: FinishReason, error: str | None = None) -> None:
-        seq.sink(self._output(seq, None, reason, error))
+    def _emit(
+        self, seq: Sequence, token: SampledToken | None, finish: FinishReason | None, error: str | None = None
+    ) -> None:
+        consumer: _Consumer = seq.payload
+        out = StepOutput(seq.request_id, token, finish, error)
+        if not consumer.first_output_sent:
+            out.prompt_tokens = seq.num_prompt
+            out.cached_tokens = seq.cached_tokens
+            consumer.first_output_sent = True
+        consumer.sink(out)
+
+    def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
+        if seq.state is SeqState.FINISHED:
+            return
+        self._emit(seq, None, reason, error)
         self._retire(seq)
 
-    def _retire(self, seq: _Sequence) -> None:
-        if seq in self._running:
-            self._running.remove(seq)
-        seq.cache = None  # type: ignore[assignment]  # free the KV memory now
+    def _retire(self, seq: Sequence) -> None:
+        self.scheduler.finish(seq)
+        self._by_id.pop(seq.request_id, None)
 
 
 class EngineStream:
-    """The merged outputs of several engine requests (the `n` choices of one chat request).
+    """The merged outputs of the engine requests of one chat request (its `n` choices).
 
     Iterating yields `(index, StepOutput)` until every request has finished or been aborted.
     `close()` aborts whatever is still running; it is safe to call more than once.
@@ -177,8 +197,7 @@ class EngineStream:
             with contextlib.suppress(RuntimeError):  # a closed event loop: nobody is listening
                 loop.call_soon_threadsafe(self._queue.put_nowait, out)
 
-        for request in requests:
-            engine.submit(request, sink)
+        engine.submit(requests, sink)
 
     def __aiter__(self) -> EngineStream:
         return self
@@ -211,4 +230,5 @@ class AsyncEngine:
         self.engine = engine
 
     def stream(self, requests: list[EngineRequest]) -> EngineStream:
+        """Raises QueueFull when the engine's waiting queue cannot take the requests."""
         return EngineStream(self.engine, requests)

@@ -1,36 +1,89 @@
-"""Runs the shared Hugging Face model: one forward pass per call, returning last-position logits."""
+"""One packed forward pass of the shared Hugging Face model over a scheduled step."""
 
 from __future__ import annotations
 
-import inspect
-
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
+
+from server.engine import kv_cache
+from server.engine.kv_cache import PrefillSegment, SlotKVCache, StepLayout
+from server.engine.scheduler import Chunk, StepPlan
 
 
 class ModelRunner:
     def __init__(self, model: PreTrainedModel) -> None:
         self.model = model
         self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
         self.vocab_size = int(model.config.get_text_config().vocab_size)
-        # transformers renamed `past_key_values` to `cache`; pass whichever this version takes.
-        params = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        kv_cache.install(model)
+        self.cache = SlotKVCache(model, self.device, self.dtype)
 
     @torch.inference_mode()
-    def forward(self, token_ids: list[int], cache: DynamicCache) -> torch.Tensor:
-        """Feed `token_ids` after what `cache` already holds; returns logits of the last position."""
-        past = cache.get_seq_length()
-        input_ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
-        positions = torch.arange(past, past + len(token_ids), device=self.device).unsqueeze(0)
+    def run(self, plan: StepPlan) -> torch.Tensor:
+        """Applies the plan's KV layout and copies, feeds its tokens; returns float32 logits on the
+        CPU, one row per chunk that samples, in the order of `plan.chunks`."""
+        if plan.kv_ops:  # moves may read slots the new layout drops: apply them on the larger one
+            grown = (max(plan.num_slots, self.cache.num_slots), max(plan.capacity, self.cache.capacity))
+            self.cache.resize(*grown)
+            for source, target, tokens in plan.kv_ops:
+                self.cache.copy_prefix(source, target, self.cache.capacity if tokens is None else tokens)
+        self.cache.resize(plan.num_slots, plan.capacity)
+        ids: list[int] = []
+        positions: list[int] = []
+        sample_at: list[int] = []
+        for chunk in plan.decodes:
+            ids.append(chunk.seq.token_ids[chunk.start])
+            positions.append(chunk.start)
+            sample_at.append(len(ids) - 1)
+        segments: list[PrefillSegment] = []
+        for chunk in plan.prefills:
+            offset = len(ids)
+            ids.extend(chunk.seq.token_ids[chunk.start : chunk.start + chunk.length])
+            positions.extend(range(chunk.start, chunk.start + chunk.length))
+            assert chunk.seq.slot is not None
+            segments.append(
+                PrefillSegment(offset, chunk.length, chunk.seq.slot, chunk.start, self._causal(chunk))
+            )
+            if chunk.samples:
+                sample_at.append(len(ids) - 1)
+        layout = self._layout(plan, segments)
         out = self.model(
-            input_ids=input_ids,
-            position_ids=positions,
-            **{self._cache_arg: cache},
-            use_cache=True,
-            logits_to_keep=1,
+            input_ids=torch.tensor([ids], device=self.device),
+            position_ids=torch.tensor([positions], device=self.device),
+            use_cache=False,
+            logits_to_keep=torch.tensor(sample_at, device=self.device),
+            **{kv_cache.BATCH_KWARG: layout},
         )
-        return out.logits[0, -1]
+        return out.logits[0].float().cpu()
 
-    def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.model.config)
+    def _causal(self, chunk: Chunk) -> torch.Tensor | None:
+        if chunk.start == 0:
+            return None
+        rows = torch.arange(chunk.length, device=self.device).unsqueeze(1) + chunk.start
+        cols = torch.arange(chunk.start + chunk.length, device=self.device).unsqueeze(0)
+        return cols <= rows
+
+    def _layout(self, plan: StepPlan, segments: list[PrefillSegment]) -> StepLayout:
+        slots = [c.seq.slot for c in plan.decodes]
+        positions = [c.start for c in plan.decodes]
+        rows = (max(slots) + 1) if slots else 0  # type: ignore[type-var]
+        length = (max(positions) + 1) if positions else 0
+        bias = None
+        if slots:
+            last = torch.zeros(rows, dtype=torch.long)  # rows of slots not decoding see position 0 only
+            last[torch.tensor(slots)] = torch.tensor(positions)
+            visible = torch.arange(length).unsqueeze(0) <= last.unsqueeze(1)
+            bias = torch.zeros(rows, 1, 1, length, dtype=self.dtype)
+            bias.masked_fill_(~visible.view(rows, 1, 1, length), float("-inf"))
+            bias = bias.to(self.device)
+        return StepLayout(
+            cache=self.cache,
+            decode_slots=torch.tensor(slots, dtype=torch.long, device=self.device),
+            decode_positions=torch.tensor(positions, dtype=torch.long, device=self.device),
+            decode_rows=rows,
+            decode_bias=bias,
+            decode_len=length,
+            decode_contiguous=slots == list(range(len(slots))),
+            prefills=segments,
+        )

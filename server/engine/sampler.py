@@ -1,8 +1,10 @@
-"""Turns one sequence's next-token logits into a token, with that request's own parameters.
+"""Turns next-token logits into tokens, each sequence with its own parameters, in one batch.
 
-Order: logit_bias, then presence/frequency penalties (over the tokens generated so far), then
-logprobs are read from these adjusted logits (the distribution the token is drawn from, before
-temperature and top_p reshape it), then greedy argmax or temperature + top_p + a seeded draw.
+Per row: logit_bias, then presence/frequency penalties (over the tokens generated so far), then the
+grammar mask hook; logprobs are read from these adjusted logits (the distribution the token is
+drawn from, before temperature and top_p reshape it); then greedy argmax, or temperature, top_p
+and a draw from the sequence's own seeded generator, so a seed gives the same tokens whatever
+else shares the batch.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import torch
 
 from server.engine.types import SampledToken, SamplingParams, TokenLogprob
 
-# A later grammar stage sets allowed tokens per step: given the generated ids, return a bool mask
-# over the vocabulary (True = allowed) or None for "no constraint".
+# The grammar hook: given the generated ids, a bool mask over the vocabulary (True = allowed), or
+# None for "no constraint". Later work (structured outputs, tool calls) plugs in here.
 TokenMaskFn = Callable[[list[int]], torch.Tensor | None]
 
 
@@ -26,7 +28,7 @@ def _seed_for(params: SamplingParams) -> int:
 
 
 class SequenceSampler:
-    """Per-sequence sampling state: its RNG, its token counts, its bias vector."""
+    """Per-sequence sampling state: its RNG, its token counts, its bias vector, its mask hook."""
 
     def __init__(self, params: SamplingParams, vocab_size: int, mask_fn: TokenMaskFn | None = None) -> None:
         self.params = params
@@ -40,54 +42,80 @@ class SequenceSampler:
             self._bias = torch.zeros(vocab_size, dtype=torch.float32)
             for token_id, value in params.logit_bias:
                 self._bias[token_id] = value
-        self._penalized = params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
-        self._counts = torch.zeros(vocab_size, dtype=torch.float32) if self._penalized else None
+        penalized = params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
+        self._counts = torch.zeros(vocab_size, dtype=torch.float32) if penalized else None
 
     def sample(self, logits: torch.Tensor) -> SampledToken:
-        """`logits`: the model's last-position logits for this sequence, shape [vocab]."""
-        logits = logits[: self.vocab_size].to(device="cpu", dtype=torch.float32)
-        logits = self._adjust(logits)
-        params = self.params
-        token_id = int(torch.argmax(logits)) if params.greedy else self._draw(logits)
-        self.generated.append(token_id)
-        if self._counts is not None:
-            self._counts[token_id] += 1
-        if params.top_logprobs is None:
-            return SampledToken(token_id)
-        return _with_logprobs(token_id, logits, params.top_logprobs)
+        """One sequence alone: `logits` is its [vocab] row."""
+        return sample_batch([self], logits.unsqueeze(0))[0]
 
-    def _adjust(self, logits: torch.Tensor) -> torch.Tensor:
+    @property
+    def adjusts(self) -> bool:
+        return self._bias is not None or self._counts is not None or self.mask_fn is not None
+
+    def adjust_(self, row: torch.Tensor) -> None:
+        """Bias, penalties and the mask, in place on this sequence's logits row."""
         if self._bias is not None:
-            logits = logits + self._bias
+            row += self._bias
         if self._counts is not None:
-            params = self.params
-            logits = logits - params.frequency_penalty * self._counts
-            logits = logits - params.presence_penalty * (self._counts > 0).float()
+            row -= self.params.frequency_penalty * self._counts
+            row -= self.params.presence_penalty * (self._counts > 0).float()
         if self.mask_fn is not None:
             allowed = self.mask_fn(self.generated)
             if allowed is not None:
-                logits = logits.masked_fill(~allowed, float("-inf"))
-        return logits
+                row.masked_fill_(~allowed, float("-inf"))
 
-    def _draw(self, logits: torch.Tensor) -> int:
-        probs = torch.softmax(logits / self.params.temperature, dim=-1)
-        top_p = self.params.top_p
-        if top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-            outside = before >= top_p
-            outside[0] = False  # the most likely token is always kept (top_p=0 means only it)
-            sorted_probs[outside] = 0.0
-            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+    def record(self, token_id: int) -> None:
+        self.generated.append(token_id)
+        if self._counts is not None:
+            self._counts[token_id] += 1
 
 
-def _with_logprobs(token_id: int, logits: torch.Tensor, k: int) -> SampledToken:
-    logprobs = torch.log_softmax(logits, dim=-1)
-    top: tuple[TokenLogprob, ...] = ()
-    if k > 0:
-        values, ids = torch.topk(logprobs, k)
-        top = tuple(
-            TokenLogprob(int(i), float(v)) for v, i in zip(values.tolist(), ids.tolist(), strict=False)
-        )
-    return SampledToken(token_id, float(logprobs[token_id]), top)
+def sample_batch(samplers: list[SequenceSampler], logits: torch.Tensor) -> list[SampledToken]:
+    """`logits`: [rows, >= vocab] float32 on the CPU, row i for samplers[i]."""
+    vocab = samplers[0].vocab_size if samplers else logits.shape[-1]
+    logits = logits[:, :vocab].clone()
+    for row, sampler in enumerate(samplers):
+        if sampler.adjusts:
+            sampler.adjust_(logits[row])
+    chosen = torch.empty(len(samplers), dtype=torch.long)
+    greedy = [i for i, s in enumerate(samplers) if s.params.greedy]
+    if greedy:
+        chosen[greedy] = torch.argmax(logits[greedy], dim=-1)
+    drawn = [i for i, s in enumerate(samplers) if not s.params.greedy]
+    if drawn:
+        chosen[drawn] = _draw(logits[drawn], [samplers[i] for i in drawn])
+    token_ids = chosen.tolist()
+    for sampler, token_id in zip(samplers, token_ids, strict=True):
+        sampler.record(token_id)
+    wanted = [i for i, s in enumerate(samplers) if s.params.top_logprobs is not None]
+    if not wanted:
+        return [SampledToken(t) for t in token_ids]
+    out = [SampledToken(t) for t in token_ids]
+    logprobs = torch.log_softmax(logits[wanted], dim=-1)
+    k = max(samplers[i].params.top_logprobs or 0 for i in wanted)
+    top_values, top_ids = torch.topk(logprobs, k, dim=-1) if k else (None, None)
+    for n, row in enumerate(wanted):
+        count = samplers[row].params.top_logprobs or 0
+        top: tuple[TokenLogprob, ...] = ()
+        if count and top_values is not None and top_ids is not None:
+            pairs = zip(top_ids[n, :count].tolist(), top_values[n, :count].tolist(), strict=True)
+            top = tuple(TokenLogprob(i, v) for i, v in pairs)
+        out[row] = SampledToken(token_ids[row], float(logprobs[n, token_ids[row]]), top)
+    return out
+
+
+def _draw(logits: torch.Tensor, samplers: list[SequenceSampler]) -> torch.Tensor:
+    temperatures = torch.tensor([s.params.temperature for s in samplers], dtype=torch.float32)
+    probs = torch.softmax(logits / temperatures.unsqueeze(1), dim=-1)
+    top_p = torch.tensor([s.params.top_p for s in samplers], dtype=torch.float32)
+    nucleus = (top_p < 1.0).nonzero().flatten().tolist()
+    if nucleus:
+        sorted_probs, order = torch.sort(probs[nucleus], dim=-1, descending=True)
+        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+        outside = before >= top_p[nucleus].unsqueeze(1)
+        outside[:, 0] = False  # the most likely token is always kept (top_p=0 means only it)
+        sorted_probs.masked_fill_(outside, 0.0)
+        probs[nucleus] = torch.zeros_like(sorted_probs).scatter_(1, order, sorted_probs)
+    picks = [torch.multinomial(probs[i], 1, generator=s.generator) for i, s in enumerate(samplers)]
+    return torch.cat(picks)

@@ -60,3 +60,17 @@ class StepOutput:
     error: str | None = None
     prompt_tokens: int = 0
     cached_tokens: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class EngineConfig:
+    max_running: int = 16  # sequences decoded together (KV slots)
+    max_kv_tokens: int = 131072  # slots x per-slot capacity never exceeds this
+    max_batch_tokens: int = 512  # tokens per forward pass; long prompts are read in chunks of this
+    max_waiting: int = 256  # queued sequences beyond this are refused (HTTP 429)
+    min_capacity: int = 256  # first per-slot capacity; doubles as sequences grow
+    context_length: int = 8192  # no sequence is longer
+
+
+class QueueFull(Exception):
+    """The waiting queue is full: the caller should retry later."""

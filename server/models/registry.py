@@ -20,6 +20,7 @@ from server.chat.templating import ChatTemplater
 from server.config import ModelSpec, ServerConfig
 from server.engine.engine import AsyncEngine, Engine
 from server.engine.model_runner import ModelRunner
+from server.engine.types import EngineConfig
 from server.models.loader import LoadedModel, load_model
 from server.models.token_table import TokenTable
 
@@ -86,13 +87,14 @@ class ModelRegistry:
         tokenizer, model = loaded.tokenizer, loaded.model
         template = _chat_template(spec, self._config.base_dir)
         vocab_size = int(model.config.get_text_config().vocab_size)
+        engine_config = _engine_config(spec, _context_length(spec, model))
         limits = ModelLimits(
-            context_length=_context_length(spec, model),
+            context_length=engine_config.context_length,
             vocab_size=vocab_size,
             stop_token_ids=_stop_token_ids(tokenizer, model),
             defaults=spec.defaults,
         )
-        engine = Engine(ModelRunner(model), name=f"engine-{spec.id}")
+        engine = Engine(ModelRunner(model), engine_config, name=f"engine-{spec.id}")
         engine.start()
         return ServedModel(
             spec=spec,
@@ -119,6 +121,20 @@ def _context_length(spec: ModelSpec, model: PreTrainedModel) -> int:
         return spec.context_length
     text_config = model.config.get_text_config()
     return int(getattr(text_config, "max_position_embeddings", None) or FALLBACK_CONTEXT_LENGTH)
+
+
+def _engine_config(spec: ModelSpec, context_length: int) -> EngineConfig:
+    settings = spec.engine
+    max_kv_tokens = settings.max_kv_tokens or settings.max_running * context_length
+    return EngineConfig(
+        max_running=settings.max_running,
+        max_kv_tokens=max_kv_tokens,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_waiting=settings.max_waiting,
+        min_capacity=min(256, context_length),
+        # One sequence may use the whole KV budget, never more.
+        context_length=min(context_length, max_kv_tokens),
+    )
 
 
 def _stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> frozenset[int]:

@@ -1,0 +1,193 @@
+"""Continuous batching decisions, without a model: who runs this step, with how many tokens.
+
+Each step: running sequences that are decoding feed one token each; sequences still reading their
+prompt continue in chunks; waiting sequences are admitted (FIFO) while there are slots and token
+budget. The KV layout (slots x capacity) follows the longest sequence within the KV budget; when a
+sequence outgrows it and fewer slots fit, the newest running sequences are preempted: they free
+their slot and are recomputed from their tokens later (their generated tokens are kept).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from server.engine.sequence import SeqState, Sequence
+from server.engine.slots import MIN_REUSE_TOKENS, SlotTable
+from server.engine.types import EngineConfig, QueueFull
+
+
+@dataclass(slots=True)
+class Chunk:
+    seq: Sequence
+    start: int  # first token index fed
+    length: int
+
+    @property
+    def samples(self) -> bool:
+        """This chunk ends at the sequence's last token, so its logits give the next token."""
+        return self.start + self.length == len(self.seq.token_ids)
+
+
+@dataclass(slots=True)
+class StepPlan:
+    num_slots: int
+    capacity: int
+    # KV operations to apply, in order, before the forward pass: (source slot, target slot, tokens);
+    # tokens None moves a running sequence's whole slot, a number copies a reused prefix.
+    kv_ops: list[tuple[int, int, int | None]] = field(default_factory=list)
+    decodes: list[Chunk] = field(default_factory=list)
+    prefills: list[Chunk] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def chunks(self) -> list[Chunk]:
+        return self.decodes + self.prefills
+
+    @property
+    def empty(self) -> bool:
+        return not (self.decodes or self.prefills)
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.table = SlotTable(config.max_running)
+        self.capacity = config.min_capacity
+        self._arrivals = 0
+
+    # --- requests in and out ---------------------------------------------------------------
+
+    def add(self, seqs: list[Sequence]) -> None:
+        """Queues the sequences of one request, all or none."""
+        if len(self.waiting) + len(seqs) > self.config.max_waiting:
+            raise QueueFull(f"{len(self.waiting)} sequences are waiting (limit {self.config.max_waiting})")
+        for seq in seqs:
+            self._arrivals += 1
+            seq.arrival = self._arrivals
+            seq.state = SeqState.WAITING
+            self.waiting.append(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        """The sequence is done (or aborted): its slot is free for the next step."""
+        if seq.state is SeqState.RUNNING:
+            self.running.remove(seq)
+            self.table.release(seq, keep=True)
+        elif seq.state is SeqState.WAITING:
+            self.waiting.remove(seq)
+        seq.state = SeqState.FINISHED
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # --- one step -----------------------------------------------------------------------------
+
+    def usable_slots(self, capacity: int) -> int:
+        return max(1, min(self.config.max_running, self.config.max_kv_tokens // capacity))
+
+    def _capacity_for(self, tokens: int) -> int:
+        capacity = self.capacity
+        while capacity < tokens:
+            capacity *= 2
+        return min(capacity, max(self.config.context_length, self.config.min_capacity))
+
+    def schedule(self) -> StepPlan:
+        plan = StepPlan(0, 0)
+        self._fit_layout(plan)
+        budget = self.config.max_batch_tokens
+        for seq in sorted(self.running, key=lambda s: s.slot or 0):
+            if seq.is_decoding:
+                plan.decodes.append(Chunk(seq, seq.num_computed, 1))
+        budget -= len(plan.decodes)
+        for seq in self.running:
+            if not seq.is_decoding and budget > 0:
+                length = min(seq.pending, budget)
+                plan.prefills.append(Chunk(seq, seq.num_computed, length))
+                budget -= length
+        self._admit(plan, budget)
+        plan.num_slots, plan.capacity = self.usable_slots(self.capacity), self.capacity
+        return plan
+
+    def update(self, plan: StepPlan) -> None:
+        """After the forward pass: the scheduled tokens' KV is in the cache."""
+        for chunk in plan.chunks:
+            chunk.seq.num_computed = chunk.start + chunk.length
+
+    def _fit_layout(self, plan: StepPlan) -> None:
+        """Grows the capacity for the longest running sequence; preempts what no longer fits."""
+        needed = max((len(s.token_ids) for s in self.running), default=0)
+        capacity = self._capacity_for(needed)
+        usable = self.usable_slots(capacity)
+        while len(self.running) > usable:
+            victim = max(self.running, key=lambda s: s.arrival)
+            self._preempt(victim)
+            plan.preempted.append(victim)
+        self._compact(plan, usable)
+        self.capacity = capacity
+
+    def _compact(self, plan: StepPlan, usable: int) -> None:
+        """Moves running sequences out of slots the layout is about to lose."""
+        self.table.drop_above(usable)
+        for seq in sorted(self.running, key=lambda s: s.slot or 0):
+            if seq.slot is not None and seq.slot >= usable:
+                target = self.table.take(usable)
+                assert target is not None, "more running sequences than slots"
+                plan.kv_ops.append((seq.slot, target, None))
+                self.table.move(seq.slot, target)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.table.release(seq, keep=False)
+        seq.num_computed = 0
+        seq.preemptions += 1
+        seq.state = SeqState.WAITING
+        self.waiting.appendleft(seq)
+
+    def _admit(self, plan: StepPlan, budget: int) -> None:
+        deferred: list[Sequence] = []
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_running:
+            seq = self.waiting[0]
+            capacity = self._capacity_for(len(seq.token_ids))
+            usable = self.usable_slots(capacity)
+            if len(self.running) + 1 > usable:
+                break  # admitting it would force a preemption: it waits for room instead
+            if self._sharing_soon(seq):
+                deferred.append(self.waiting.popleft())
+                continue
+            match = self.table.best_prefix(seq.token_ids, len(seq.token_ids) - 1, usable)
+            if match is not None and match.adopt:
+                target: int | None = match.slot
+            else:
+                target = self.table.take(usable, avoid=match.slot if match else None)
+            if target is None:
+                break
+            self.waiting.popleft()
+            self.table.assign(target, seq)
+            if capacity > self.capacity:
+                self.capacity = capacity
+                self._compact(plan, usable)
+            seq.state = SeqState.RUNNING
+            self.running.append(seq)
+            if match is not None:
+                if not match.adopt:
+                    plan.kv_ops.append((match.slot, target, match.tokens))
+                seq.num_computed = match.tokens
+                if seq.preemptions == 0:
+                    seq.cached_tokens = min(match.tokens, seq.num_prompt)
+            length = min(seq.pending, budget)
+            plan.prefills.append(Chunk(seq, seq.num_computed, length))
+            budget -= length
+        self.waiting.extendleft(reversed(deferred))
+
+    def _sharing_soon(self, seq: Sequence) -> bool:
+        """A running sequence is still reading a prompt this one shares: wait one step for its KV
+        (this is how the `n` choices of one request share a single prefill)."""
+        for other in self.running:
+            if other.num_computed >= other.num_prompt:
+                continue
+            shared = min(len(seq.token_ids) - 1, other.num_prompt)
+            if shared >= MIN_REUSE_TOKENS and other.token_ids[:shared] == seq.token_ids[:shared]:
+                return True
+        return False

@@ -1,0 +1,43 @@
+"""One generated sequence as the scheduler sees it (no tensors)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.engine.types import SamplingParams
+
+
+class SeqState(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(slots=True, eq=False)
+class Sequence:
+    request_id: str
+    token_ids: list[int]  # the prompt, then every generated token
+    num_prompt: int
+    params: SamplingParams
+    arrival: int = 0
+    state: SeqState = SeqState.WAITING
+    slot: int | None = None
+    num_computed: int = 0  # leading tokens whose keys and values are in the slot
+    cached_tokens: int = 0  # prompt tokens reused from an earlier sequence's KV
+    preemptions: int = 0
+    payload: Any = field(default=None)  # the engine's per-sequence state (sampler, sink)
+
+    @property
+    def generated(self) -> int:
+        return len(self.token_ids) - self.num_prompt
+
+    @property
+    def pending(self) -> int:
+        """Tokens to feed before the next token can be sampled."""
+        return len(self.token_ids) - self.num_computed
+
+    @property
+    def is_decoding(self) -> bool:
+        return self.pending == 1 and self.num_computed >= self.num_prompt

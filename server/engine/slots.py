@@ -1,0 +1,114 @@
+"""Which sequence holds which KV slot, and what finished sequences left behind for reuse."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from server.engine.sequence import Sequence
+
+MIN_REUSE_TOKENS = 8  # shorter shared prefixes are not worth a copy
+
+
+class SlotState(enum.Enum):
+    FREE = "free"
+    RUNNING = "running"
+    CACHED = "cached"  # a finished sequence's KV, kept until the slot is needed
+
+
+@dataclass(slots=True)
+class Slot:
+    state: SlotState = SlotState.FREE
+    seq: Sequence | None = None
+    tokens: list[int] = field(default_factory=list)  # cached: the tokens whose KV the slot holds
+    last_used: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class PrefixMatch:
+    slot: int
+    tokens: int
+    adopt: bool  # a cached slot taken over in place (no copy)
+
+
+def common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    if n == 0 or a[0] != b[0]:
+        return 0
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 1, n  # a[:lo] == b[:lo] holds; a[:hi] == b[:hi] does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class SlotTable:
+    def __init__(self, num_slots: int) -> None:
+        self.slots = [Slot() for _ in range(num_slots)]
+        self._clock = 0
+
+    def _tick(self) -> int:
+        self._clock += 1
+        return self._clock
+
+    def valid_tokens(self, index: int) -> list[int]:
+        slot = self.slots[index]
+        if slot.state is SlotState.RUNNING and slot.seq is not None:
+            return slot.seq.token_ids[: slot.seq.num_computed]
+        return slot.tokens if slot.state is SlotState.CACHED else []
+
+    def best_prefix(self, tokens: list[int], limit: int, usable: int) -> PrefixMatch | None:
+        """The longest reusable prefix of `tokens` (at most `limit`) held in a slot below `usable`."""
+        best: PrefixMatch | None = None
+        for index in range(usable):
+            slot = self.slots[index]
+            if slot.state is SlotState.FREE:
+                continue
+            length = common_prefix(tokens, self.valid_tokens(index), limit)
+            if length >= MIN_REUSE_TOKENS and (best is None or length > best.tokens):
+                best = PrefixMatch(index, length, slot.state is SlotState.CACHED)
+        return best
+
+    def take(self, usable: int, avoid: int | None = None) -> int | None:
+        """A slot for a new sequence: the lowest free one, else the least recently used cached one."""
+        free = [i for i in range(usable) if self.slots[i].state is SlotState.FREE and i != avoid]
+        if free:
+            return free[0]
+        cached = [i for i in range(usable) if self.slots[i].state is SlotState.CACHED and i != avoid]
+        if not cached:
+            return None
+        return min(cached, key=lambda i: self.slots[i].last_used)
+
+    def assign(self, index: int, seq: Sequence) -> None:
+        self.slots[index] = Slot(SlotState.RUNNING, seq, [], self._tick())
+        seq.slot = index
+
+    def release(self, seq: Sequence, keep: bool) -> None:
+        """The sequence leaves its slot; with `keep`, its computed KV stays for prefix reuse."""
+        if seq.slot is None:
+            return
+        tokens = seq.token_ids[: seq.num_computed] if keep else []
+        state = SlotState.CACHED if tokens else SlotState.FREE
+        self.slots[seq.slot] = Slot(state, None, tokens, self._tick())
+        seq.slot = None
+
+    def move(self, source: int, target: int) -> None:
+        slot = self.slots[source]
+        self.slots[target] = slot
+        self.slots[source] = Slot()
+        if slot.seq is not None:
+            slot.seq.slot = target
+
+    def running(self) -> int:
+        return sum(1 for s in self.slots if s.state is SlotState.RUNNING)
+
+    def drop_above(self, usable: int) -> None:
+        """Forgets cached KV in slots that the next layout will not have."""
+        for index in range(usable, len(self.slots)):
+            if self.slots[index].state is SlotState.CACHED:
+                self.slots[index] = Slot()
