@@ -1,20 +1,30 @@
-"""Single-stream speed of a running server (or one it starts): median tokens/s and TTFT.
+"""Throughput and latency of our server against two yardsticks, on the same model and prompts.
 
-    .venv/bin/python scripts/bench.py                      # starts the server on models.yaml
-    .venv/bin/python scripts/bench.py --url http://127.0.0.1:8000 --runs 5
+    .venv/bin/python scripts/bench.py                          # ours + both yardsticks, levels 1, 4, 16
+    .venv/bin/python scripts/bench.py --url http://127.0.0.1:8000 --model smollm2-135m-instruct
+    .venv/bin/python scripts/bench.py --targets ours --levels 1,16
 
-Each run is one greedy streaming completion of up to --tokens tokens (loopback only); the prompt
-asks for a long story, so runs use the whole budget (the token counts are printed).
+Per concurrency level: streaming requests from a fixed, varied prompt set (temperature 0,
+--tokens output tokens, loopback only), each worker sending its next request when the last one
+ends, bounded by --requests-per-stream and --level-seconds. Reported: TTFT p50/p95, inter-token
+latency p50, aggregate output tokens/s, errors, peak RSS of the server process. Yardsticks: (a)
+scripts/reference_server.py, one generate() + TextIteratorStreamer per request; (b) `transformers
+serve --continuous-batching` on the default model converted to a plain checkpoint. Writes a JSON
+file and prints a table with our/yardstick ratios (only ratios from one run mean anything here).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import statistics
+import os
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
@@ -22,73 +32,354 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.conftest import free_port, start_server, wait_healthy  # noqa: E402
+from tests.e2e.conftest import free_port, wait_healthy  # noqa: E402
 
-PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
+PROMPTS = [
+    "Write a detailed essay about the history of the printing press.",
+    "Explain how a refrigerator works, step by step, for a curious child.",
+    "Tell a long story about a lighthouse keeper who finds a message in a bottle.",
+    "Describe the water cycle in depth, including evaporation, condensation and precipitation.",
+    "Write a travel guide for a week in Kyoto, day by day.",
+    "Explain the rules of chess and some opening strategies.",
+    "Write a letter to a friend describing your ideal garden in detail.",
+    "Summarize the main causes of the French Revolution and their consequences.",
+    "Give a beginner's tutorial on baking sourdough bread.",
+    "Describe the life cycle of a star from nebula to remnant.",
+    "Write a product review of an imaginary electric bicycle, covering pros and cons.",
+    "Explain how the internet routes a message from one computer to another.",
+    "Write a short play in which two robots argue about poetry.",
+    "Describe the ecosystem of a coral reef and the threats it faces.",
+    "Explain the difference between weather and climate with many examples.",
+    "Write a motivational speech for a team before a big match.",
+]
 
 
-def one_run(base: str, model: str, tokens: int) -> tuple[float, float, int]:
+@dataclass
+class RequestResult:
+    ttft: float | None = None
+    gaps: list[float] = field(default_factory=list)
+    tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class LevelResult:
+    target: str
+    concurrency: int
+    requests: int
+    errors: int
+    output_tokens: int
+    seconds: float
+    tokens_per_s: float
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+    itl_p50_ms: float | None
+    peak_rss_mb: float | None
+    rss_after_mb: float | None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class RssSampler:
+    """Peak resident memory of a process (and its children) while a level runs."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
+
+    def current(self) -> float | None:
+        if self.pid is None:
+            return None
+        total = 0
+        for pid in [self.pid, *_children(self.pid)]:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+        return total / 1024
+
+    def __enter__(self) -> RssSampler:
+        def run() -> None:
+            while not self._stop.wait(0.2):
+                self.peak = max(self.peak, self.current() or 0.0)
+
+        self.peak = self.current() or 0.0
+        threading.Thread(target=run, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [int(p) for p in out.split()]
+
+
+async def one_request(
+    client: httpx.AsyncClient, url: str, model: str, prompt: str, tokens: int
+) -> RequestResult:
     body = {
         "model": model,
-        "messages": [{"role": "user", "content": PROMPT}],
+        "messages": [{"role": "user", "content": prompt}],
         "temperature": 0,
         "max_tokens": tokens,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    started = time.perf_counter()
-    first = None
-    completion_tokens = 0
-    with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=600) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if chunk["choices"] and chunk["choices"][0]["delta"].get("content") and first is None:
-                first = time.perf_counter()
-            if chunk.get("usage"):
-                completion_tokens = chunk["usage"]["completion_tokens"]
-    total = time.perf_counter() - started
-    ttft = (first or time.perf_counter()) - started
-    return ttft, total, completion_tokens
+    result = RequestResult()
+    started = last = time.perf_counter()
+    chunks = 0
+    try:
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                result.error = f"HTTP {r.status_code}"
+                await r.aread()
+                return result
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    result.error = str(chunk["error"])[:200]
+                if chunk.get("usage"):
+                    result.tokens = chunk["usage"].get("completion_tokens", 0)
+                choices = chunk.get("choices") or []
+                if choices and choices[0].get("delta", {}).get("content"):
+                    now = time.perf_counter()
+                    if result.ttft is None:
+                        result.ttft = now - started
+                    else:
+                        result.gaps.append(now - last)
+                    last = now
+                    chunks += 1
+    except httpx.HTTPError as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    if not result.tokens:
+        result.tokens = chunks  # a server without usage: one content chunk per token
+    return result
+
+
+async def run_level(url: str, model: str, concurrency: int, args: argparse.Namespace) -> list[RequestResult]:
+    deadline = time.monotonic() + args.level_seconds
+    results: list[RequestResult] = []
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=30), limits=limits) as client:
+
+        async def worker(index: int) -> None:
+            for round_ in range(args.requests_per_stream):
+                if time.monotonic() > deadline:
+                    return
+                prompt = PROMPTS[(index + round_ * concurrency) % len(PROMPTS)]
+                results.append(await one_request(client, url, model, prompt, args.tokens))
+
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return results
+
+
+def summarize(
+    target: str,
+    concurrency: int,
+    results: list[RequestResult],
+    seconds: float,
+    peak: float | None,
+    after: float | None,
+) -> LevelResult:
+    ok = [r for r in results if r.error is None]
+    tokens = sum(r.tokens for r in ok)
+    ttfts = [r.ttft * 1000 for r in ok if r.ttft is not None]
+    gaps = [g * 1000 for r in ok for g in r.gaps]
+    return LevelResult(
+        target=target,
+        concurrency=concurrency,
+        requests=len(results),
+        errors=len(results) - len(ok),
+        output_tokens=tokens,
+        seconds=round(seconds, 2),
+        tokens_per_s=round(tokens / seconds, 2) if seconds else 0.0,
+        ttft_p50_ms=percentile(ttfts, 0.5),
+        ttft_p95_ms=percentile(ttfts, 0.95),
+        itl_p50_ms=percentile(gaps, 0.5),
+        peak_rss_mb=round(peak, 1) if peak else None,
+        rss_after_mb=round(after, 1) if after else None,
+    )
+
+
+def start(command: list[str], url: str, log: Path) -> subprocess.Popen:
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    wait_healthy(process, url, log, timeout=600)
+    return process
+
+
+def converted_checkpoint() -> str:
+    from server.config import load_config
+    from server.models.loader import _converted_gguf, resolve_source
+
+    config = load_config(REPO / "models.yaml")
+    spec = config.models[0]
+    return _converted_gguf(spec, resolve_source(spec, REPO), config.server)
+
+
+def targets(args: argparse.Namespace, workdir: Path) -> list[tuple[str, list[str] | None, str, str]]:
+    """(name, command or None for --url, base url, model name)."""
+    chosen = args.targets.split(",")
+    out = []
+    if "ours" in chosen:
+        if args.url:
+            out.append(("ours", None, args.url.rstrip("/"), args.model))
+        else:
+            port = free_port()
+            command = [
+                sys.executable,
+                "-m",
+                "server",
+                "serve",
+                "--config",
+                args.config,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ]
+            out.append(("ours", command, f"http://127.0.0.1:{port}", args.model))
+    checkpoint = converted_checkpoint() if {"reference", "transformers"} & set(chosen) else ""
+    if "reference" in chosen:
+        port = free_port()
+        command = [
+            sys.executable,
+            str(REPO / "scripts" / "reference_server.py"),
+            checkpoint,
+            "--port",
+            str(port),
+        ]
+        out.append(("reference", command, f"http://127.0.0.1:{port}", "ref"))
+    if "transformers" in chosen:
+        port = free_port()
+        command = [
+            str(Path(sys.executable).parent / "transformers"),
+            "serve",
+            "--continuous-batching",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+            checkpoint,
+        ]
+        out.append(("transformers-serve-cb", command, f"http://127.0.0.1:{port}", checkpoint))
+    return out
+
+
+def print_table(levels: list[LevelResult]) -> None:
+    def fmt(v: float | None, digits: int = 0) -> str:
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    header = (
+        f"{'target':24} {'conc':>4} {'reqs':>4} {'err':>3} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p95':>9} "
+        f"{'ITL p50':>8} {'peak RSS':>9} {'RSS after':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in levels:
+        print(
+            f"{r.target:24} {r.concurrency:>4} {r.requests:>4} {r.errors:>3} {r.tokens_per_s:>8.1f} "
+            f"{fmt(r.ttft_p50_ms):>9} {fmt(r.ttft_p95_ms):>9} {fmt(r.itl_p50_ms, 1):>8} "
+            f"{fmt(r.peak_rss_mb):>9} {fmt(r.rss_after_mb):>9}"
+        )
+
+
+def ratios(levels: list[LevelResult]) -> dict[str, float]:
+    by = {(r.target, r.concurrency): r for r in levels}
+    out: dict[str, float] = {}
+    for (target, c), r in by.items():
+        ours = by.get(("ours", c))
+        if target != "ours" and ours and r.tokens_per_s:
+            out[f"ours/{target} tok/s at {c}"] = round(ours.tokens_per_s / r.tokens_per_s, 2)
+    cs = sorted(c for t, c in by if t == "ours")
+    if len(cs) > 1:
+        low, high = by[("ours", cs[0])], by[("ours", cs[-1])]
+        if low.tokens_per_s:
+            out[f"ours tok/s at {cs[-1]} / at {cs[0]}"] = round(high.tokens_per_s / low.tokens_per_s, 2)
+        if low.ttft_p50_ms and high.ttft_p50_ms:
+            out[f"ours TTFT p50 at {cs[-1]} / at {cs[0]}"] = round(high.ttft_p50_ms / low.ttft_p50_ms, 2)
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--url", help="a running server; by default one is started on models.yaml")
+    parser.add_argument("--url", help="benchmark this running server as 'ours' instead of starting one")
     parser.add_argument("--config", default=str(REPO / "models.yaml"))
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--targets", default="ours,reference,transformers")
+    parser.add_argument("--levels", default="1,4,16")
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--requests-per-stream", type=int, default=2)
+    parser.add_argument("--level-seconds", type=float, default=240, help="no new request starts after this")
+    parser.add_argument("--out", default=str(REPO / "bench-results"))
     args = parser.parse_args()
 
-    process = None
-    base = args.url
-    if base is None:
-        log = Path(tempfile.mkdtemp()) / "server.log"
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        started = time.perf_counter()
-        process = start_server(Path(args.config), port, log)
-        wait_healthy(process, base, log)
-        print(f"server start-up (process start to /health 200): {time.perf_counter() - started:.1f} s")
-    try:
-        one_run(base, args.model, 8)  # warm-up
-        results = [one_run(base, args.model, args.tokens) for _ in range(args.runs)]
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(timeout=30)
-    rates = [n / total for _, total, n in results]
-    ttfts = [ttft for ttft, _, _ in results]
-    print(f"runs: {args.runs}, completion tokens per run: {[n for _, _, n in results]}")
-    print(
-        f"single stream: median {statistics.median(rates):.1f} tokens/s "
-        f"(min {min(rates):.1f}, max {max(rates):.1f}); median TTFT {statistics.median(ttfts) * 1000:.0f} ms"
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    levels: list[LevelResult] = []
+    for name, command, url, model in targets(args, workdir):
+        process = start(command, url, workdir / f"{name}.log") if command else None
+        rss = RssSampler(process.pid if process else None)
+        try:
+            asyncio.run(
+                run_level(url, model, 1, argparse.Namespace(**{**vars(args), "requests_per_stream": 1}))
+            )
+            baseline = rss.current()
+            print(f"{name}: warmed up, RSS {baseline or 0:.0f} MB", flush=True)
+            for concurrency in [int(c) for c in args.levels.split(",")]:
+                with rss:
+                    started = time.perf_counter()
+                    results = asyncio.run(run_level(url, model, concurrency, args))
+                    seconds = time.perf_counter() - started
+                time.sleep(1.0)
+                level = summarize(name, concurrency, results, seconds, rss.peak or None, rss.current())
+                levels.append(level)
+                print(
+                    f"  {name} c={concurrency}: {level.tokens_per_s:.1f} tok/s, {level.errors} errors",
+                    flush=True,
+                )
+        finally:
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+    print()
+    print_table(levels)
+    summary = ratios(levels)
+    for key, value in summary.items():
+        print(f"{key}: {value}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(
+        json.dumps({"levels": [asdict(x) for x in levels], "ratios": summary, "args": vars(args)}, indent=2)
     )
+    print(f"written: {path}")
     return 0
 
 

@@ -38,17 +38,28 @@ Sink = Callable[[StepOutput], None]
 @dataclass(slots=True)
 class _Consumer:
     sink: Sink
-    sampler: SequenceSampler
+    sampler: SequenceSampler | None = None
     first_output_sent: bool = False
 
 
-class Engine:
-    """Thread-side engine. `submit` and `abort` may be called from any thread."""
+RunnerFactory = Callable[[], tuple[ModelRunner, EngineConfig]]
 
-    def __init__(self, runner: ModelRunner, config: EngineConfig, name: str = "engine") -> None:
-        self.runner = runner
-        self.config = config
-        self.scheduler = Scheduler(config)
+
+class Engine:
+    """Thread-side engine. `submit` and `abort` may be called from any thread.
+
+    The engine thread also builds the runner (loads the model): every torch operation of a model
+    happens on one thread. Measured here, a model loaded on one thread and run on another ran
+    1.5x slower, as OpenMP kept two thread teams competing for the cores.
+    """
+
+    def __init__(self, build: RunnerFactory, name: str = "engine") -> None:
+        self._build = build
+        self.runner: ModelRunner
+        self.config: EngineConfig
+        self.scheduler: Scheduler
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
         self._name = name
         self._wake = threading.Condition()
         self._incoming: list[list[Sequence]] = []
@@ -59,8 +70,23 @@ class Engine:
         self._by_id: dict[str, Sequence] = {}
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+        """Starts the engine thread; returns once the model is loaded, or raises why it was not."""
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
+        self._ready.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    def _run(self) -> None:
+        try:
+            self.runner, self.config = self._build()
+            self.scheduler = Scheduler(self.config)
+        except BaseException as exc:
+            self._failure = exc
+            return
+        finally:
+            self._ready.set()
+        self._loop()
 
     def stop(self) -> None:
         with self._wake:
@@ -83,7 +109,7 @@ class Engine:
             seq.payload = _Consumer(sink, sampler)
             seqs.append(seq)
         with self._wake:
-            waiting = len(self.scheduler.waiting) + self._queued
+            waiting = self.num_waiting
             if waiting + len(seqs) > self.config.max_waiting:
                 raise QueueFull(f"{waiting} sequences are waiting (limit {self.config.max_waiting})")
             self._incoming.append(seqs)
@@ -114,9 +140,10 @@ class Engine:
                 incoming, self._incoming, self._queued = self._incoming, [], 0
                 aborts, self._aborts = self._aborts, set()
             for seqs in incoming:
-                scheduler.add(seqs)
                 for seq in seqs:
+                    seq.payload.sampler = SequenceSampler(seq.params, self.runner.vocab_size)
                     self._by_id[seq.request_id] = seq
+                scheduler.add(seqs)
             for request_id in aborts:
                 seq = self._by_id.get(request_id)
                 if seq is not None:

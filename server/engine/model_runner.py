@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from server.engine import kv_cache
+from server.engine import cpu_kernels, kv_cache
 from server.engine.kv_cache import PrefillSegment, SlotKVCache, StepLayout
 from server.engine.scheduler import Chunk, StepPlan
 
@@ -17,6 +17,7 @@ class ModelRunner:
         self.dtype = next(model.parameters()).dtype
         self.vocab_size = int(model.config.get_text_config().vocab_size)
         kv_cache.install(model)
+        cpu_kernels.pack_linears(model)
         self.cache = SlotKVCache(model, self.device, self.dtype)
 
     @torch.inference_mode()

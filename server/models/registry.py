@@ -83,19 +83,26 @@ class ModelRegistry:
             served.engine.engine.stop()
 
     def _serve(self, spec: ModelSpec) -> ServedModel:
-        loaded = load_model(spec, self._config.server, self._config.base_dir)
-        tokenizer, model = loaded.tokenizer, loaded.model
         template = _chat_template(spec, self._config.base_dir)
+        loaded_on_engine_thread: list[LoadedModel] = []
+
+        def build() -> tuple[ModelRunner, EngineConfig]:
+            loaded = load_model(spec, self._config.server, self._config.base_dir)
+            loaded_on_engine_thread.append(loaded)
+            return ModelRunner(loaded.model), _engine_config(spec, _context_length(spec, loaded.model))
+
+        engine = Engine(build, name=f"engine-{spec.id}")
+        engine.start()
+        loaded = loaded_on_engine_thread[0]
+        tokenizer, model = loaded.tokenizer, loaded.model
         vocab_size = int(model.config.get_text_config().vocab_size)
-        engine_config = _engine_config(spec, _context_length(spec, model))
+        engine_config = engine.config
         limits = ModelLimits(
             context_length=engine_config.context_length,
             vocab_size=vocab_size,
             stop_token_ids=_stop_token_ids(tokenizer, model),
             defaults=spec.defaults,
         )
-        engine = Engine(ModelRunner(model), engine_config, name=f"engine-{spec.id}")
-        engine.start()
         return ServedModel(
             spec=spec,
             tokenizer=tokenizer,
