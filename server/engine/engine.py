@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -158,6 +159,7 @@ class Engine:
         plan = self.scheduler.schedule()
         if plan.empty:
             return
+        started = time.perf_counter()
         try:
             logits = self.runner.run(plan)
         except Exception as exc:  # a failed step fails its sequences, never the loop
@@ -167,6 +169,15 @@ class Engine:
             return
         self.scheduler.update(plan)
         self._deliver(plan, logits)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "step: %d decodes, %d prompt tokens in %d chunks, %d waiting, %.1f ms",
+                len(plan.decodes),
+                sum(c.length for c in plan.prefills),
+                len(plan.prefills),
+                len(self.scheduler.waiting),
+                (time.perf_counter() - started) * 1000,
+            )
 
     def _deliver(self, plan: StepPlan, logits: torch.Tensor) -> None:
         sampling = [chunk.seq for chunk in plan.chunks if chunk.samples]

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from server.engine.sequence import SeqState, Sequence
-from server.engine.slots import MIN_REUSE_TOKENS, SlotTable
+from server.engine.slots import MIN_REUSE_TOKENS, PrefixMatch, SlotTable
 from server.engine.types import EngineConfig, QueueFull
 
 
@@ -56,6 +56,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.table = SlotTable(config.max_running)
         self.capacity = config.min_capacity
+        self.preemptions = 0  # how many times a running sequence was preempted, in all
         self._arrivals = 0
 
     # --- requests in and out ---------------------------------------------------------------
@@ -87,8 +88,8 @@ class Scheduler:
     def usable_slots(self, capacity: int) -> int:
         return max(1, min(self.config.max_running, self.config.max_kv_tokens // capacity))
 
-    def _capacity_for(self, tokens: int) -> int:
-        capacity = self.capacity
+    def _capacity_for(self, tokens: int, start: int | None = None) -> int:
+        capacity = self.capacity if start is None else start
         while capacity < tokens:
             capacity *= 2
         return min(capacity, max(self.config.context_length, self.config.min_capacity))
@@ -119,6 +120,10 @@ class Scheduler:
         """Grows the capacity for the longest running sequence; preempts what no longer fits."""
         needed = max((len(s.token_ids) for s in self.running), default=0)
         capacity = self._capacity_for(needed)
+        smallest = self._capacity_for(needed, start=self.config.min_capacity)
+        if smallest < capacity and self.waiting and self.usable_slots(capacity) < self.config.max_running:
+            capacity = smallest  # the long sequences are gone and others wait for slots: shrink back
+            self.table.truncate(capacity)
         usable = self.usable_slots(capacity)
         while len(self.running) > usable:
             victim = max(self.running, key=lambda s: s.arrival)
@@ -142,6 +147,7 @@ class Scheduler:
         self.table.release(seq, keep=False)
         seq.num_computed = 0
         seq.preemptions += 1
+        self.preemptions += 1
         seq.state = SeqState.WAITING
         self.waiting.appendleft(seq)
 
@@ -157,10 +163,15 @@ class Scheduler:
                 deferred.append(self.waiting.popleft())
                 continue
             match = self.table.best_prefix(seq.token_ids, len(seq.token_ids) - 1, usable)
+            # Copy a reused prefix into a free (or the least recently used cached) slot, so the cached
+            # entry stays whole for the next request; take it over in place only when nothing else is left.
+            target = self.table.take(usable, avoid=match.slot if match else None)
             if match is not None and match.adopt:
-                target: int | None = match.slot
-            else:
-                target = self.table.take(usable, avoid=match.slot if match else None)
+                if target is None:
+                    target = match.slot
+                else:
+                    self.table.touch(match.slot)
+                    match = PrefixMatch(match.slot, match.tokens, adopt=False)
             if target is None:
                 break
             self.waiting.popleft()

@@ -74,6 +74,9 @@ class SlotTable:
                 best = PrefixMatch(index, length, slot.state is SlotState.CACHED)
         return best
 
+    def touch(self, index: int) -> None:
+        self.slots[index].last_used = self._tick()
+
     def take(self, usable: int, avoid: int | None = None) -> int | None:
         """A slot for a new sequence: the lowest free one, else the least recently used cached one."""
         free = [i for i in range(usable) if self.slots[i].state is SlotState.FREE and i != avoid]
@@ -106,6 +109,12 @@ class SlotTable:
 
     def running(self) -> int:
         return sum(1 for s in self.slots if s.state is SlotState.RUNNING)
+
+    def truncate(self, capacity: int) -> None:
+        """Cached KV beyond a smaller capacity is lost; the prefix before it stays reusable."""
+        for slot in self.slots:
+            if slot.state is SlotState.CACHED and len(slot.tokens) > capacity:
+                slot.tokens = slot.tokens[:capacity]
 
     def drop_above(self, usable: int) -> None:
         """Forgets cached KV in slots that the next layout will not have."""

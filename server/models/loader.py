@@ -73,7 +73,17 @@ def pick_dtype(spec: ModelSpec, device: str | dict[str, int | str]) -> torch.dty
     on_cuda = not isinstance(device, str) or device.startswith("cuda") or device in ("balanced", "sequential")
     if on_cuda and torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    # Without native bfloat16 (AVX-512 BF16 or AMX) PyTorch emulates it: measured on an AVX2 CPU,
+    # batched bfloat16 matrix multiplies ran 2-6x slower than float32.
+    return torch.bfloat16 if _cpu_has_native_bf16() else torch.float32
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def load_model(spec: ModelSpec, settings: ServerSettings, base_dir: Path) -> LoadedModel:

@@ -23,7 +23,8 @@ async def test_non_stream_shape(http: httpx.AsyncClient) -> None:
     usage = body["usage"]
     assert usage["completion_tokens"] == 4
     assert usage["total_tokens"] == usage["prompt_tokens"] + 4
-    assert usage["prompt_tokens_details"] == {"cached_tokens": 0, "audio_tokens": 0}
+    details = usage["prompt_tokens_details"]  # earlier tests may have left this prompt's prefix cached
+    assert details["audio_tokens"] == 0 and 0 <= details["cached_tokens"] < usage["prompt_tokens"]
     assert usage["completion_tokens_details"]["reasoning_tokens"] == 0
 
 
