@@ -26,7 +26,6 @@ from server.engine.types import (
     EngineConfig,
     EngineRequest,
     FinishReason,
-    QueueFull,
     SampledToken,
     StepOutput,
 )
@@ -110,9 +109,7 @@ class Engine:
             seq.payload = _Consumer(sink, sampler)
             seqs.append(seq)
         with self._wake:
-            waiting = self.num_waiting
-            if waiting + len(seqs) > self.config.max_waiting:
-                raise QueueFull(f"{waiting} sequences are waiting (limit {self.config.max_waiting})")
+            self.scheduler.check_room(self.num_waiting, len(seqs))
             self._incoming.append(seqs)
             self._queued += len(seqs)
             self._wake.notify()
@@ -150,7 +147,12 @@ class Engine:
                 if seq is not None:
                     self._finish(seq, FinishReason.ABORT)
             if scheduler.has_work():
-                self._step()
+                try:
+                    self._step()
+                except Exception:  # a bug must not stop the engine: fail what it had, keep serving
+                    logger.exception("engine step failed; failing the requests in flight")
+                    for seq in list(self._by_id.values()):
+                        self._finish(seq, FinishReason.ERROR, "the engine failed on this step")
         for seq in list(self._by_id.values()):
             self._finish(seq, FinishReason.ABORT)
         self.runner.cache.release()

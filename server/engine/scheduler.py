@@ -61,10 +61,13 @@ class Scheduler:
 
     # --- requests in and out ---------------------------------------------------------------
 
+    def check_room(self, waiting: int, count: int) -> None:
+        """Raises QueueFull when `count` more sequences would exceed the waiting limit."""
+        if waiting + count > self.config.max_waiting:
+            raise QueueFull(f"{waiting} sequences are waiting (limit {self.config.max_waiting})")
+
     def add(self, seqs: list[Sequence]) -> None:
-        """Queues the sequences of one request, all or none."""
-        if len(self.waiting) + len(seqs) > self.config.max_waiting:
-            raise QueueFull(f"{len(self.waiting)} sequences are waiting (limit {self.config.max_waiting})")
+        """Queues the sequences of one request (the caller checked `check_room` first)."""
         for seq in seqs:
             self._arrivals += 1
             seq.arrival = self._arrivals

