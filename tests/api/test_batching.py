@@ -60,13 +60,13 @@ async def test_outputs_do_not_depend_on_the_batch(client: openai.AsyncOpenAI) ->
 async def test_join_and_leave_mid_batch(tiny_app: FastAPI, client: openai.AsyncOpenAI) -> None:
     # Driven through the service: httpx's ASGI transport delivers a stream only once it is complete.
     engine = tiny_app.state.registry.get("tiny").engine.engine
-    long_alone = await _text(client, PROMPTS[0], temperature=0, max_tokens=150)
+    long_alone = await _text(client, PROMPTS[0], temperature=0, max_tokens=400)
     request = ChatCompletionRequest.model_validate(
         {
             "model": "tiny",
             "messages": _messages(PROMPTS[0]),
             "temperature": 0,
-            "max_tokens": 150,
+            "max_tokens": 400,
             "stream": True,
         }
     )
