@@ -99,14 +99,13 @@ class Engine:
         """Queues the requests (the choices of one chat request) together; raises QueueFull."""
         seqs = []
         for request in requests:
-            sampler = SequenceSampler(request.params, self.runner.vocab_size)
             seq = Sequence(
                 request.request_id,
                 list(request.prompt_token_ids),
                 len(request.prompt_token_ids),
                 request.params,
             )
-            seq.payload = _Consumer(sink, sampler)
+            seq.payload = _Consumer(sink)  # its sampler (torch tensors) is made on the engine thread
             seqs.append(seq)
         with self._wake:
             self.scheduler.check_room(self.num_waiting, len(seqs))

@@ -88,10 +88,10 @@ def sample_batch(samplers: list[SequenceSampler], logits: torch.Tensor) -> list[
     token_ids = chosen.tolist()
     for sampler, token_id in zip(samplers, token_ids, strict=True):
         sampler.record(token_id)
+    out = [SampledToken(t) for t in token_ids]
     wanted = [i for i, s in enumerate(samplers) if s.params.top_logprobs is not None]
     if not wanted:
-        return [SampledToken(t) for t in token_ids]
-    out = [SampledToken(t) for t in token_ids]
+        return out
     logprobs = torch.log_softmax(logits[wanted], dim=-1)
     k = max(samplers[i].params.top_logprobs or 0 for i in wanted)
     top_values, top_ids = torch.topk(logprobs, k, dim=-1) if k else (None, None)
