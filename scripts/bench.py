@@ -268,6 +268,10 @@ def targets(args: argparse.Namespace, workdir: Path) -> list[tuple[str, list[str
             checkpoint,
             "--port",
             str(port),
+            "--device",
+            args.device,
+            "--dtype",
+            args.dtype,
         ]
         out.append(("reference", command, f"http://127.0.0.1:{port}", "ref"))
     if "transformers" in chosen:
@@ -281,7 +285,9 @@ def targets(args: argparse.Namespace, workdir: Path) -> list[tuple[str, list[str
             "--port",
             str(port),
             "--device",
-            "cpu",
+            args.device,
+            "--dtype",
+            args.dtype,
             checkpoint,
         ]
         out.append(("transformers-serve-cb", command, f"http://127.0.0.1:{port}", checkpoint))
@@ -335,6 +341,8 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--requests-per-stream", type=int, default=2)
     parser.add_argument("--level-seconds", type=float, default=240, help="no new request starts after this")
+    parser.add_argument("--device", default="cpu", help="device of both yardsticks (ours: models.yaml)")
+    parser.add_argument("--dtype", default="float32", help="dtype of both yardsticks (ours: models.yaml)")
     parser.add_argument("--out", default=str(REPO / "bench-results"))
     args = parser.parse_args()
 

@@ -22,9 +22,9 @@ from fastapi.responses import StreamingResponse
 from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
 
 
-def build_app(checkpoint: str) -> FastAPI:
+def build_app(checkpoint: str, device: str = "cpu", dtype: str = "float32") -> FastAPI:
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, dtype)).to(device).eval()
     app = FastAPI()
 
     @app.get("/health")
@@ -35,7 +35,7 @@ def build_app(checkpoint: str) -> FastAPI:
     async def chat(request: Request) -> StreamingResponse:
         body = await request.json()
         ids = tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True, return_tensors="pt")
-        input_ids = ids["input_ids"] if not isinstance(ids, torch.Tensor) else ids
+        input_ids = (ids["input_ids"] if not isinstance(ids, torch.Tensor) else ids).to(device)
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         temperature = float(body.get("temperature", 1.0))
         kwargs = dict(
@@ -84,8 +84,11 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8300)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
-    uvicorn.run(build_app(args.checkpoint), host=args.host, port=args.port, log_level="warning")
+    app = build_app(args.checkpoint, args.device, args.dtype)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,21 @@ REPO = Path(__file__).resolve().parents[2]
 MODEL = "smollm2-135m-instruct"
 
 
+def served_in_float32() -> bool:
+    """Whether the default model runs in float32 here (auto picks bfloat16 on CUDA, float32 on this CPU).
+
+    In bfloat16, batched and single-row matrix multiplies round differently, so greedy outputs under
+    load may differ from outputs alone; the tests that compare them are exact only in float32.
+    """
+    import torch
+
+    from server.config import load_config
+    from server.models.loader import pick_device, pick_dtype
+
+    spec = load_config(REPO / "models.yaml").models[0]
+    return pick_dtype(spec, pick_device(spec)) == torch.float32
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,13 +8,13 @@ import openai
 import pytest
 
 from scripts.bench import PROMPTS
-from tests.e2e.conftest import MODEL
+from tests.e2e.conftest import MODEL, served_in_float32
 
 pytestmark = pytest.mark.e2e
 # Batched matrix multiplies may round differently from single-row ones (another kernel, another
-# summation order); a near-tie between two tokens can then flip. We measured 0 of 16 diverging
-# (see the closing note of the engine issue); one flip in 16 is tolerated, more is a bug.
-MAX_DIVERGING = 1
+# summation order); a near-tie between two tokens can then flip. Measured (closing note of the
+# engine issue): 0 of 16 diverging in float32 on the CPU, 2 of 16 in bfloat16 on an H200.
+MAX_DIVERGING = 1 if served_in_float32() else 4
 
 
 async def _greedy(client: openai.AsyncOpenAI, prompt: str) -> str:

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import MODEL
+from tests.e2e.conftest import MODEL, served_in_float32
 
 pytestmark = pytest.mark.e2e
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -170,7 +170,9 @@ async def test_async_stream_and_concurrency(async_client: openai.AsyncOpenAI) ->
 
     together = await asyncio.gather(*(ask(p) for p in prompts))
     alone = [await ask(p) for p in prompts]
-    assert together == alone
+    assert all(together) and all(alone)
+    if served_in_float32():  # bfloat16 batches may round differently (see test_batching.py)
+        assert together == alone
     r = await async_client.chat.completions.create(model=MODEL, messages=FRANCE, temperature=0, max_tokens=8)
     assert r.choices[0].message.content
 
