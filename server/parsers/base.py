@@ -1,0 +1,309 @@
+"""The parser interface, and the incremental machinery shared by the JSON-envelope formats."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from enum import Enum
+from typing import Any, ClassVar
+
+import regex
+
+from server.constrained.json_schema import lark_json
+from server.parsers.events import CallGrammar, ParseEvent, ToolCallArguments, ToolCallStart, ToolSpec
+
+# Given a marker such as "<tool_call>": its token id when it is one special token of the vocabulary.
+SpecialTokenLookup = Callable[[str], int | None]
+
+JSON_STRING = r'"(?:[^"\\]|\\.)*"'
+
+
+class ToolCallParser(ABC):
+    """Model text in, content and tool-call events out; fed incrementally (streams) or whole."""
+
+    name: ClassVar[str]
+    # Substrings of a chat template that show the model was trained on this format.
+    template_markers: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @abstractmethod
+    def feed(self, text: str) -> list[ParseEvent]: ...
+
+    @abstractmethod
+    def finish(self) -> list[ParseEvent]:
+        """End of output: flushes held-back text; an unfinished call header becomes text."""
+
+    @classmethod
+    @abstractmethod
+    def grammar(cls, spec: CallGrammar, special: SpecialTokenLookup) -> str:
+        """The Lark grammar (llguidance dialect) that only lets the model write valid calls."""
+
+    @classmethod
+    def parse(cls, text: str) -> list[ParseEvent]:
+        parser = cls()
+        return merge(parser.feed(text) + parser.finish())
+
+    def _start_call(self, name: str) -> ToolCallStart:
+        event = ToolCallStart(self.calls, name)
+        self.calls += 1
+        return event
+
+
+def merge(events: list[ParseEvent]) -> list[ParseEvent]:
+    """Adjacent text events, and adjacent argument fragments of one call, joined."""
+    out: list[ParseEvent] = []
+    for event in events:
+        last = out[-1] if out else None
+        if isinstance(event, str) and isinstance(last, str):
+            out[-1] = last + event
+        elif isinstance(event, ToolCallArguments) and isinstance(last, ToolCallArguments):
+            out[-1] = ToolCallArguments(event.index, last.fragment + event.fragment)
+        elif event != "":
+            out.append(event)
+    return out
+
+
+def call_schema(tool: ToolSpec, arguments_key: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"name": {"const": tool.name}, arguments_key: tool.parameters or {"type": "object"}},
+        "required": ["name", arguments_key],
+        "additionalProperties": False,
+    }
+
+
+def calls_json(spec: CallGrammar, arguments_key: str) -> str:
+    """Lark: one `{"name": ..., "<arguments_key>": {...}}` object naming one of the tools."""
+    schemas = [call_schema(tool, arguments_key) for tool in spec.tools]
+    return lark_json(schemas[0] if len(schemas) == 1 else {"anyOf": schemas})
+
+
+def marker(text: str, special: SpecialTokenLookup) -> str:
+    """Lark for a marker: the special token where the vocabulary has one, else the literal text."""
+    token_id = special(text)
+    return f"<[{token_id}]>" if token_id is not None else json.dumps(text)
+
+
+class _State(Enum):
+    TEXT = "text"
+    LIST_OPEN = "list_open"
+    HEADER = "header"
+    ARGUMENTS = "arguments"
+    AFTER_CALL = "after_call"
+    BETWEEN = "between"
+
+
+class _ObjectEnd:
+    """Finds where a JSON object ends in text arriving piece by piece (strings and escapes aware)."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.in_string = False
+        self.escaped = False
+
+    def scan(self, text: str) -> int | None:
+        for i, ch in enumerate(text):
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif ch == "\\":
+                    self.escaped = True
+                elif ch == '"':
+                    self.in_string = False
+            elif ch == '"':
+                self.in_string = True
+            elif ch in "{[":
+                self.depth += 1
+            elif ch in "}]":
+                self.depth -= 1
+                if self.depth == 0:
+                    return i + 1
+        return None
+
+
+def _match(pattern: regex.Pattern[str], text: str, final: bool) -> regex.Match[str] | bool | None:
+    """A full match, True when `text` may still grow into one, or None when it cannot."""
+    found = pattern.match(text, partial=not final)
+    if found is None:
+        return None
+    return True if found.partial else found
+
+
+class JsonEnvelopeParser(ToolCallParser):
+    """Formats whose calls are `{"name": ..., "<args key>": {...}}` objects inside markers.
+
+    A subclass sets the markers and patterns. Once a call's header (up to its name) is read, the
+    call is committed: its name is sent, then its arguments as they arrive. A header that cannot be
+    completed is returned as text, marker included.
+    """
+
+    open_markers: ClassVar[tuple[str, ...]] = ()
+    bare_start: ClassVar[bool] = False  # a call may open with `{` at the very start of the output
+    list_open: ClassVar[regex.Pattern[str] | None] = None
+    header: ClassVar[regex.Pattern[str]]  # must end with the arguments' opening `{`
+    call_close: ClassVar[regex.Pattern[str]]
+    next_call: ClassVar[regex.Pattern[str] | None] = None
+    list_close: ClassVar[regex.Pattern[str] | None] = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buf = ""
+        self._state = _State.TEXT
+        self._raw = ""  # envelope text read since the marker, given back as text if it goes wrong
+        self._object: _ObjectEnd | None = None
+        self._content_seen = False
+        self._bare_tried = False
+        self._gap = False  # a call just ended: blank space before the next marker is envelope
+
+    def feed(self, text: str) -> list[ParseEvent]:
+        self._buf += text
+        out: list[ParseEvent] = []
+        while self._step(out, final=False):
+            pass
+        return merge(out)
+
+    def finish(self) -> list[ParseEvent]:
+        out: list[ParseEvent] = []
+        while self._buf and self._step(out, final=True):
+            pass
+        if self._state in (_State.LIST_OPEN, _State.HEADER):
+            out.append(self._raw + self._buf)
+        elif self._state is _State.TEXT:
+            out.append(self._buf)
+        self._buf, self._raw, self._state = "", "", _State.TEXT
+        return merge(out)
+
+    def _step(self, out: list[ParseEvent], final: bool) -> bool:
+        handler = {
+            _State.TEXT: self._text,
+            _State.LIST_OPEN: self._list_open,
+            _State.HEADER: self._header,
+            _State.ARGUMENTS: self._arguments,
+            _State.AFTER_CALL: self._after_call,
+            _State.BETWEEN: self._between,
+        }[self._state]
+        return handler(out, final)
+
+    def _emit_text(self, out: list[ParseEvent], text: str) -> None:
+        if text:
+            out.append(text)
+            self._content_seen = self._content_seen or bool(text.strip())
+
+    def _text(self, out: list[ParseEvent], final: bool) -> bool:
+        buf = self._buf
+        if self._gap:
+            stripped = buf.lstrip()
+            if not stripped:
+                if final:
+                    self._buf = ""
+                return False
+            if any(stripped.startswith(m) or m.startswith(stripped) for m in self.open_markers):
+                buf = self._buf = stripped
+            self._gap = False
+        if self.bare_start and not self._content_seen and not self._bare_tried:
+            stripped = buf.lstrip()
+            if stripped.startswith("{"):
+                self._buf, self._raw, self._state = stripped, buf[: len(buf) - len(stripped)], _State.HEADER
+                self._bare_tried = True
+                return True
+            if not stripped and not final:
+                return False  # only whitespace so far: a call may still open
+        found = [(buf.find(m), m) for m in self.open_markers if m in buf]
+        if found:
+            at, hit = min(found)
+            self._emit_text(out, buf[:at])
+            self._buf, self._raw = buf[at + len(hit) :], hit
+            self._state = _State.LIST_OPEN if self.list_open is not None else _State.HEADER
+            return True
+        keep = 0 if final else _held_back(buf, self.open_markers)
+        self._emit_text(out, buf[: len(buf) - keep])
+        self._buf = buf[len(buf) - keep :]
+        return False
+
+    def _fail(self, out: list[ParseEvent]) -> bool:
+        """The envelope went wrong: what was read of it is text."""
+        self._emit_text(out, self._raw)
+        self._raw, self._state = "", _State.TEXT
+        return True
+
+    def _list_open(self, out: list[ParseEvent], final: bool) -> bool:
+        assert self.list_open is not None
+        found = _match(self.list_open, self._buf, final)
+        if found is True:
+            return False
+        if found is None:
+            return self._fail(out)
+        self._raw += found.group(0)
+        self._buf, self._state = self._buf[found.end() :], _State.HEADER
+        return True
+
+    def _header(self, out: list[ParseEvent], final: bool) -> bool:
+        found = _match(self.header, self._buf, final)
+        if found is True:
+            return False
+        if found is None:
+            return self._fail(out)
+        try:
+            name = json.loads(found.group("name"))
+        except json.JSONDecodeError:
+            return self._fail(out)
+        out.append(self._start_call(name))
+        self._buf = "{" + self._buf[found.end() :]
+        self._raw, self._object, self._state = "", _ObjectEnd(), _State.ARGUMENTS
+        return True
+
+    def _arguments(self, out: list[ParseEvent], final: bool) -> bool:
+        assert self._object is not None
+        end = self._object.scan(self._buf)
+        piece = self._buf if end is None else self._buf[:end]
+        if piece:
+            out.append(ToolCallArguments(self.calls - 1, piece))
+        self._buf = "" if end is None else self._buf[end:]
+        if end is None:
+            return False
+        self._state = _State.AFTER_CALL
+        return True
+
+    def _after_call(self, out: list[ParseEvent], final: bool) -> bool:
+        found = _match(self.call_close, self._buf, final)
+        if found is True:
+            return False
+        if found is None:
+            if final and self.call_close.match(self._buf, partial=True):
+                self._buf = ""  # a closing marker cut short by the token limit
+                return False
+            self._state = _State.TEXT
+            return True
+        self._buf = self._buf[found.end() :]
+        self._state = _State.BETWEEN if self.next_call is not None else _State.TEXT
+        self._gap = self._state is _State.TEXT
+        return True
+
+    def _between(self, out: list[ParseEvent], final: bool) -> bool:
+        for pattern, state in ((self.next_call, _State.HEADER), (self.list_close, _State.TEXT)):
+            if pattern is None:
+                continue
+            found = _match(pattern, self._buf, final)
+            if found is True:
+                return False
+            if found is not None:
+                self._raw = found.group(0) if state is _State.HEADER else ""
+                self._buf, self._state = self._buf[found.end() :], state
+                self._gap = state is _State.TEXT
+                return True
+        self._state, self._gap = _State.TEXT, True
+        return True
+
+
+def _held_back(text: str, markers: tuple[str, ...]) -> int:
+    """Length of the longest end of `text` that could begin a marker."""
+    longest = 0
+    for m in markers:
+        for n in range(min(len(m) - 1, len(text)), longest, -1):
+            if text.endswith(m[:n]):
+                longest = n
+                break
+    return longest

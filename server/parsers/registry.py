@@ -1,0 +1,29 @@
+"""Tool-call parsers by name, and the choice of one from a model's chat template."""
+
+from __future__ import annotations
+
+import logging
+
+from server.parsers.base import ToolCallParser
+from server.parsers.hermes import HermesParser
+from server.parsers.llama3_json import Llama3JsonParser
+from server.parsers.mistral import MistralParser
+from server.parsers.pythonic import PythonicParser
+
+logger = logging.getLogger(__name__)
+
+# Detection order matters: a pythonic Llama template also mentions `<|python_tag|>`.
+PARSERS: dict[str, type[ToolCallParser]] = {
+    parser.name: parser for parser in (MistralParser, PythonicParser, HermesParser, Llama3JsonParser)
+}
+
+
+def parser_for_template(template: str, override: str | None = None) -> type[ToolCallParser]:
+    """`override` (models.yaml `tool_parser`) wins; else the format whose markers the template has;
+    else Hermes, the format of the built-in tool prompt used for templates without tool support."""
+    if override is not None:
+        return PARSERS[override]
+    for parser in PARSERS.values():
+        if any(m in template for m in parser.template_markers):
+            return parser
+    return HermesParser

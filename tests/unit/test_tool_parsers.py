@@ -1,0 +1,150 @@
+"""Every tool-call parser on golden strings of its format, fed whole and one character at a time."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from server.parsers.base import ToolCallParser, merge
+from server.parsers.events import ParseEvent, ToolCallArguments, ToolCallStart
+from server.parsers.hermes import HermesParser
+from server.parsers.llama3_json import Llama3JsonParser
+from server.parsers.mistral import MistralParser
+from server.parsers.pythonic import PythonicParser
+
+WEATHER = {"city": "Paris", "days": [1, 2], "note": 'say "hi" } ]'}
+W = json.dumps(WEATHER)
+
+
+def calls(events: list[ParseEvent]) -> list[tuple[str, dict]]:
+    """(name, parsed arguments) per call, in order."""
+    names = {e.index: e.name for e in events if isinstance(e, ToolCallStart)}
+    args: dict[int, str] = {}
+    for e in events:
+        if isinstance(e, ToolCallArguments):
+            args[e.index] = args.get(e.index, "") + e.fragment
+    return [(names[i], json.loads(args[i])) for i in sorted(names)]
+
+
+def text(events: list[ParseEvent]) -> str:
+    return "".join(e for e in events if isinstance(e, str))
+
+
+def by_character(parser: type[ToolCallParser], output: str) -> list[ParseEvent]:
+    p = parser()
+    events: list[ParseEvent] = []
+    for ch in output:
+        events += p.feed(ch)
+    return merge(events + p.finish())
+
+
+CASES: list[tuple[type[ToolCallParser], str, str, list[tuple[str, dict]]]] = [
+    # parser, model output, expected content, expected calls
+    (
+        HermesParser,
+        f'<tool_call>\n{{"name": "get_weather", "arguments": {W}}}\n</tool_call>',
+        "",
+        [("get_weather", WEATHER)],
+    ),
+    (
+        HermesParser,
+        f'Let me look.\n<tool_call>\n{{"name": "a", "arguments": {{}}}}\n</tool_call>\n'
+        f'<tool_call>\n{{"name": "get_weather", "arguments": {W}}}\n</tool_call>',
+        "Let me look.\n",
+        [("a", {}), ("get_weather", WEATHER)],
+    ),
+    (
+        HermesParser,
+        "No tools needed: 2 < 3 and <tool is not a call.",
+        "No tools needed: 2 < 3 and <tool is not a call.",
+        [],
+    ),
+    (HermesParser, "<tool_call>\nnot json\n</tool_call>", "<tool_call>\nnot json\n</tool_call>", []),
+    (
+        HermesParser,
+        '<tool_call>{"arguments": {}, "name": "f"}</tool_call>',
+        '<tool_call>{"arguments": {}, "name": "f"}</tool_call>',
+        [],
+    ),
+    (HermesParser, "<tool_call>", "<tool_call>", []),
+    (Llama3JsonParser, f'{{"name": "get_weather", "parameters": {W}}}', "", [("get_weather", WEATHER)]),
+    (
+        Llama3JsonParser,
+        f'<|python_tag|>{{"name": "get_weather", "parameters": {W}}}',
+        "",
+        [("get_weather", WEATHER)],
+    ),
+    (
+        Llama3JsonParser,
+        f'{{"name": "a", "parameters": {{}}}}; {{"name": "get_weather", "parameters": {W}}}',
+        "",
+        [("a", {}), ("get_weather", WEATHER)],
+    ),
+    (Llama3JsonParser, 'The answer is {"name": "x"} as text.', 'The answer is {"name": "x"} as text.', []),
+    (Llama3JsonParser, '{"nome": "x"}', '{"nome": "x"}', []),
+    (
+        MistralParser,
+        f'[TOOL_CALLS][{{"name": "get_weather", "arguments": {W}}}]',
+        "",
+        [("get_weather", WEATHER)],
+    ),
+    (
+        MistralParser,
+        'Sure. [TOOL_CALLS] [{"name": "a", "arguments": {"x": 1}}, '
+        f'{{"name": "get_weather", "arguments": {W}}}]',
+        "Sure. ",
+        [("a", {"x": 1}), ("get_weather", WEATHER)],
+    ),
+    (MistralParser, "[TOOL_CALLS] oops", "[TOOL_CALLS] oops", []),
+    (
+        PythonicParser,
+        '[get_weather(city="Paris", days=[1, 2], note=\'say "hi" } ]\')]',
+        "",
+        [("get_weather", WEATHER)],
+    ),
+    (
+        PythonicParser,
+        '[a(flag=True, none=None, neg=-2), b(x={"k": false})]',
+        "",
+        [("a", {"flag": True, "none": None, "neg": -2}), ("b", {"x": {"k": False}})],
+    ),
+    (PythonicParser, "Paris is sunny [citation needed].", "Paris is sunny [citation needed].", []),
+    (PythonicParser, "[1, 2, 3]", "[1, 2, 3]", []),
+    (PythonicParser, "[get_weather(city=", "[get_weather(city=", []),
+]
+
+
+@pytest.mark.parametrize(("parser", "output", "content", "expected"), CASES)
+def test_parser_golden_whole_and_by_character(
+    parser: type[ToolCallParser], output: str, content: str, expected: list[tuple[str, dict]]
+) -> None:
+    whole = parser.parse(output)
+    assert text(whole) == content
+    assert calls(whole) == expected
+    assert by_character(parser, output) == whole
+
+
+def test_arguments_stream_as_they_arrive() -> None:
+    p = HermesParser()
+    assert p.feed('<tool_call>\n{"name": "get_weather", ') == []
+    assert p.feed('"arguments": {"ci') == [ToolCallStart(0, "get_weather"), ToolCallArguments(0, '{"ci')]
+    assert p.feed('ty": "Paris"}}\n</tool_call>') == [ToolCallArguments(0, 'ty": "Paris"}')]
+    assert p.finish() == []
+
+
+def test_a_call_cut_by_the_token_limit_keeps_what_was_generated() -> None:
+    events = HermesParser.parse('<tool_call>\n{"name": "f", "arguments": {"city": "Par')
+    assert events == [ToolCallStart(0, "f"), ToolCallArguments(0, '{"city": "Par')]
+
+
+def test_blank_space_between_calls_is_not_content() -> None:
+    call = '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>'
+    output = f"{call}\n\n{call}\n"
+    assert text(HermesParser.parse(output)) == ""
+    assert text(HermesParser.parse(output + "Done.")) == "\nDone."
+
+
+def test_text_after_a_call_is_content() -> None:
+    events = HermesParser.parse('<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>\nDone.')
+    assert text(events) == "\nDone."
