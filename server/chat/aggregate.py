@@ -3,17 +3,75 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
 
 from openai.types.chat import ChatCompletion, ChatCompletionMessage, ChatCompletionTokenLogprob
 from openai.types.chat.chat_completion import Choice, ChoiceLogprobs
-from openai.types.chat.chat_completion_chunk import ChatCompletionChunk
+from openai.types.chat.chat_completion_chunk import ChatCompletionChunk, ChoiceDelta
+from openai.types.chat.chat_completion_message import FunctionCall
+from openai.types.chat.chat_completion_message_function_tool_call import (
+    ChatCompletionMessageFunctionToolCall,
+    Function,
+)
 from openai.types.completion_usage import CompletionUsage
 
 
+@dataclass(slots=True)
+class _Call:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _ChoiceFold:
+    texts: list[str] = field(default_factory=list)
+    logprobs: list[ChatCompletionTokenLogprob] | None = None
+    finish: str | None = None
+    calls: dict[int, _Call] = field(default_factory=dict)
+    function_call: _Call | None = None
+
+    def add(self, delta: ChoiceDelta) -> None:
+        if delta.content:
+            self.texts.append(delta.content)
+        for part in delta.tool_calls or []:
+            call = self.calls.setdefault(part.index, _Call())
+            call.id = part.id or call.id
+            if part.function is not None:
+                call.name = part.function.name or call.name
+                call.arguments.append(part.function.arguments or "")
+        if delta.function_call is not None:
+            self.function_call = self.function_call or _Call()
+            self.function_call.name = delta.function_call.name or self.function_call.name
+            self.function_call.arguments.append(delta.function_call.arguments or "")
+
+    def message(self) -> ChatCompletionMessage:
+        text = "".join(self.texts)
+        called = bool(self.calls) or self.function_call is not None
+        message = ChatCompletionMessage(
+            role="assistant",
+            # With a call and no words around it, content is null, as OpenAI sends it.
+            content=None if called and not text.strip() else text,
+            refusal=None,
+            annotations=[],
+        )
+        if self.calls:
+            message.tool_calls = [
+                ChatCompletionMessageFunctionToolCall(
+                    id=call.id,
+                    type="function",
+                    function=Function(name=call.name, arguments="".join(call.arguments)),
+                )
+                for _, call in sorted(self.calls.items())
+            ]
+        if self.function_call is not None:
+            fc = self.function_call
+            message.function_call = FunctionCall(name=fc.name, arguments="".join(fc.arguments))
+        return message
+
+
 async def fold(chunks: AsyncIterable[ChatCompletionChunk]) -> ChatCompletion:
-    texts: dict[int, list[str]] = {}
-    logprobs: dict[int, list[ChatCompletionTokenLogprob] | None] = {}
-    finish: dict[int, str | None] = {}
+    folds: dict[int, _ChoiceFold] = {}
     usage: CompletionUsage | None = None
     head: ChatCompletionChunk | None = None
     async for chunk in chunks:
@@ -21,27 +79,23 @@ async def fold(chunks: AsyncIterable[ChatCompletionChunk]) -> ChatCompletion:
         if chunk.usage is not None:
             usage = chunk.usage
         for c in chunk.choices:
-            texts.setdefault(c.index, [])
-            logprobs.setdefault(c.index, None)
-            if c.delta.content:
-                texts[c.index].append(c.delta.content)
+            state = folds.setdefault(c.index, _ChoiceFold())
+            state.add(c.delta)
             if c.logprobs is not None and c.logprobs.content is not None:
-                logprobs[c.index] = (logprobs[c.index] or []) + c.logprobs.content
+                state.logprobs = (state.logprobs or []) + c.logprobs.content
             if c.finish_reason is not None:
-                finish[c.index] = c.finish_reason
+                state.finish = c.finish_reason
     assert head is not None, "a chat stream always yields chunks"
     choices = [
         Choice(
             index=index,
-            message=ChatCompletionMessage(
-                role="assistant", content="".join(texts[index]), refusal=None, annotations=[]
-            ),
-            logprobs=ChoiceLogprobs(content=logprobs[index], refusal=None)
-            if logprobs[index] is not None
+            message=state.message(),
+            logprobs=ChoiceLogprobs(content=state.logprobs, refusal=None)
+            if state.logprobs is not None
             else None,
-            finish_reason=finish.get(index) or "stop",  # type: ignore[arg-type]
+            finish_reason=state.finish or "stop",  # type: ignore[arg-type]
         )
-        for index in sorted(texts)
+        for index, state in sorted(folds.items())
     ]
     return ChatCompletion(
         id=head.id,

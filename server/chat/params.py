@@ -21,25 +21,9 @@ class ModelLimits:
 def refuse_unsupported(request: ChatCompletionRequest) -> None:
     """Fields the server parses but cannot honour yet: a 400 naming them, never silently ignored.
 
-    Values that ask for nothing beyond the default (`tool_choice: "none"`, `store: false`,
-    `response_format: {"type": "text"}`, `modalities: ["text"]`) are accepted.
+    Values that ask for nothing beyond the default (`store: false`, `modalities: ["text"]`) are
+    accepted. Tools and response formats are checked where they are built (`chat/constraints.py`).
     """
-    if request.tools:
-        raise UnsupportedParameter("tools")
-    if request.tool_choice not in (None, "none"):
-        raise UnsupportedParameter("tool_choice")
-    if request.parallel_tool_calls is not None and not request.tools:
-        raise InvalidRequest(
-            "'parallel_tool_calls' is only allowed when 'tools' are given.", param="parallel_tool_calls"
-        )
-    if request.functions:
-        raise UnsupportedParameter("functions")
-    if request.function_call not in (None, "none"):
-        raise UnsupportedParameter("function_call")
-    if request.response_format is not None and request.response_format.type != "text":
-        raise UnsupportedParameter(
-            "response_format", f"type '{request.response_format.type}' is not supported yet"
-        )
     if request.store:
         raise UnsupportedParameter("store")
     if request.reasoning_effort is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -15,8 +16,10 @@ from openai.types.completion_usage import CompletionTokensDetails, CompletionUsa
 from server.api.errors import InternalError, RateLimited
 from server.api.schemas.request import ChatCompletionRequest
 from server.chat.assembler import ChoiceAssembler, Delta
+from server.chat.constraints import Constraint, build_constraint
 from server.chat.detokenizer import IncrementalDecoder
 from server.chat.params import refuse_unsupported, sampling_params
+from server.chat.tool_stream import ChoiceDeltas, ToolCallDeltas
 from server.engine.engine import EngineStream
 from server.engine.types import EngineRequest, FinishReason, QueueFull, StepOutput
 from server.models.registry import ModelRegistry
@@ -62,7 +65,9 @@ class ChatService:
     async def start(self, request: ChatCompletionRequest) -> ChatStream:
         served = self._registry.get(request.model)
         refuse_unsupported(request)
-        prompt = served.templater.render(request.messages)
+        # Compiling a schema takes about a millisecond, a large one far longer: off the event loop.
+        constraint = await asyncio.to_thread(build_constraint, request, served.grammars, served.tool_parser)
+        prompt = served.templater.render(request.messages, constraint.tools.tools if constraint.tools else ())
         n = request.n or 1
         base_id = uuid.uuid4().hex
         engine_requests = [
@@ -70,6 +75,7 @@ class ChatService:
                 request_id=f"{base_id}-{i}",
                 prompt_token_ids=prompt.token_ids,
                 params=sampling_params(request, served.limits, len(prompt.token_ids), i),
+                mask_fn=served.grammars.mask(constraint.grammar) if constraint.grammar is not None else None,
             )
             for i in range(n)
         ]
@@ -104,14 +110,22 @@ class ChatService:
             stream = served.engine.stream(engine_requests)
         except QueueFull as exc:
             raise RateLimited(f"The server is busy ({exc}); retry shortly.") from exc
-        chunks = _generate(header, stream, assemblers, len(prompt.token_ids))
+        shapers = [_shaper(constraint) for _ in range(n)]
+        chunks = _generate(header, stream, assemblers, shapers, len(prompt.token_ids))
         return ChatStream(header, chunks)
+
+
+def _shaper(constraint: Constraint) -> ChoiceDeltas:
+    if constraint.tools is None or constraint.parser is None:
+        return ChoiceDeltas()
+    return ToolCallDeltas(constraint.parser(), constraint.tools.legacy_functions)
 
 
 async def _generate(
     header: _Header,
     stream: EngineStream,
     assemblers: list[ChoiceAssembler],
+    shapers: list[ChoiceDeltas],
     prompt_tokens: int,
 ) -> AsyncIterator[ChatCompletionChunk]:
     build = _ChunkBuilder(header)
@@ -132,10 +146,14 @@ async def _generate(
             if delta.stopped:
                 stream.abort(index)
                 finish = "stop"
-            if delta.text or delta.logprobs:
-                yield build.choice(index, ChoiceDelta(content=delta.text), delta.logprobs)
+            shaper = shapers[index]
+            deltas = shaper.feed(delta.text) + (shaper.finish() if finish is not None else [])
+            if not deltas and delta.logprobs:
+                deltas = [ChoiceDelta(content="")]
+            for position, choice_delta in enumerate(deltas):
+                yield build.choice(index, choice_delta, delta.logprobs if position == 0 else None)
             if finish is not None:
-                yield build.choice(index, ChoiceDelta(), finish_reason=finish)
+                yield build.choice(index, ChoiceDelta(), finish_reason=shaper.finish_reason(finish))
     finally:
         stream.close()
     yield build.usage(prompt_tokens, sum(completion_tokens), cached_tokens)

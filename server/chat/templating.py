@@ -22,6 +22,8 @@ from server.api.schemas.request import (
     ToolMessage,
     UserMessage,
 )
+from server.chat.tools import builtin_tool_prompt, template_tools
+from server.parsers.events import ToolSpec
 
 # Used for models that ship no chat template (base models): plain ChatML.
 CHATML_TEMPLATE = (
@@ -43,13 +45,21 @@ class ChatTemplater:
         self.template = template or tokenizer.chat_template or CHATML_TEMPLATE
         self.knows_developer = "developer" in self.template
         self.knows_tool_calls = "tool_calls" in self.template
+        # A template that never reads `tools` would drop them silently: those get our tool prompt.
+        self.knows_tools = "tools" in self.template
 
-    def render(self, messages: list[Message]) -> Prompt:
+    def render(self, messages: list[Message], tools: tuple[ToolSpec, ...] = ()) -> Prompt:
         converted = self._convert(messages)
+        extra: dict[str, Any] = {}
+        if tools and self.knows_tools:
+            extra["tools"] = template_tools(tools)
+        elif tools:
+            _prepend_system(converted, builtin_tool_prompt(tools))
         continue_final = converted[-1]["role"] == "assistant"
         try:
             text = self.tokenizer.apply_chat_template(
                 converted,
+                **extra,
                 chat_template=self.template,
                 tokenize=False,
                 add_generation_prompt=not continue_final,
@@ -108,6 +118,13 @@ class ChatTemplater:
             return _named(turn, name)
         # Templates without tool support get the result as a user turn, in the Hermes style.
         return {"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"}
+
+
+def _prepend_system(turns: list[dict[str, Any]], text: str) -> None:
+    if turns and turns[0]["role"] == "system":
+        turns[0]["content"] = f"{turns[0]['content']}\n\n{text}"
+    else:
+        turns.insert(0, {"role": "system", "content": text})
 
 
 def _named(turn: dict[str, Any], name: str | None) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from server.engine.types import (
     FinishReason,
     SampledToken,
     StepOutput,
+    TokenMaskFn,
 )
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ Sink = Callable[[StepOutput], None]
 @dataclass(slots=True)
 class _Consumer:
     sink: Sink
+    mask_fn: TokenMaskFn | None = None
     sampler: SequenceSampler | None = None
     first_output_sent: bool = False
 
@@ -105,7 +107,8 @@ class Engine:
                 len(request.prompt_token_ids),
                 request.params,
             )
-            seq.payload = _Consumer(sink)  # its sampler (torch tensors) is made on the engine thread
+            # Its sampler (torch tensors) is made on the engine thread.
+            seq.payload = _Consumer(sink, request.mask_fn)
             seqs.append(seq)
         with self._wake:
             self.scheduler.check_room(self.num_waiting, len(seqs))
@@ -138,7 +141,9 @@ class Engine:
                 aborts, self._aborts = self._aborts, set()
             for seqs in incoming:
                 for seq in seqs:
-                    seq.payload.sampler = SequenceSampler(seq.params, self.runner.vocab_size)
+                    seq.payload.sampler = SequenceSampler(
+                        seq.params, self.runner.vocab_size, seq.payload.mask_fn
+                    )
                     self._by_id[seq.request_id] = seq
                 scheduler.add(seqs)
             for request_id in aborts:

@@ -10,15 +10,13 @@ else shares the batch.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
 
 import torch
 
-from server.engine.types import SampledToken, SamplingParams, TokenLogprob
+from server.engine.types import SampledToken, SamplingParams, TokenLogprob, TokenMaskFn
 
-# The grammar hook: given the generated ids, a bool mask over the vocabulary (True = allowed), or
-# None for "no constraint". Later work (structured outputs, tool calls) plugs in here.
-TokenMaskFn = Callable[[list[int]], torch.Tensor | None]
+# Reported for tokens a mask or a -100 bias rules out (JSON has no -inf); OpenAI reports the same.
+MIN_LOGPROB = -9999.0
 
 
 def _seed_for(params: SamplingParams) -> int:
@@ -92,7 +90,7 @@ def sample_batch(samplers: list[SequenceSampler], logits: torch.Tensor) -> list[
     wanted = [i for i, s in enumerate(samplers) if s.params.top_logprobs is not None]
     if not wanted:
         return out
-    logprobs = torch.log_softmax(logits[wanted], dim=-1)
+    logprobs = torch.log_softmax(logits[wanted], dim=-1).clamp_(min=MIN_LOGPROB)
     k = max(samplers[i].params.top_logprobs or 0 for i in wanted)
     top_values, top_ids = torch.topk(logprobs, k, dim=-1) if k else (None, None)
     for n, row in enumerate(wanted):

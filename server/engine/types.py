@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import torch
+
+# The grammar hook: given the tokens generated so far, a bool mask over the vocabulary (True =
+# allowed), or None for "no constraint". Structured outputs and tool calls plug in here.
+TokenMaskFn = Callable[[list[int]], torch.Tensor | None]
 
 
 class FinishReason(enum.Enum):
@@ -35,6 +42,7 @@ class EngineRequest:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
+    mask_fn: TokenMaskFn | None = None  # one per request: it holds that sequence's grammar state
 
 
 @dataclass(slots=True, frozen=True)

@@ -18,11 +18,14 @@ from server.api.errors import ModelNotFound, ServiceUnavailable
 from server.chat.params import ModelLimits
 from server.chat.templating import ChatTemplater
 from server.config import ModelSpec, ServerConfig
+from server.constrained.compiler import GrammarCompiler
 from server.engine.engine import AsyncEngine, Engine
 from server.engine.model_runner import ModelRunner
 from server.engine.types import EngineConfig
 from server.models.loader import LoadedModel, load_model
 from server.models.token_table import TokenTable
+from server.parsers.base import ToolCallParser
+from server.parsers.registry import parser_for_template
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ class ServedModel:
     tokens: TokenTable
     limits: ModelLimits
     engine: AsyncEngine
+    grammars: GrammarCompiler
+    tool_parser: type[ToolCallParser]
     fingerprint: str
     created: int
 
@@ -103,13 +108,18 @@ class ModelRegistry:
             stop_token_ids=_stop_token_ids(tokenizer, model),
             defaults=spec.defaults,
         )
+        templater = ChatTemplater(tokenizer, template)
+        tool_parser = parser_for_template(templater.template, spec.tool_parser)
+        logger.info("model %s: tool calls in the %s format", spec.id, tool_parser.name)
         return ServedModel(
             spec=spec,
             tokenizer=tokenizer,
-            templater=ChatTemplater(tokenizer, template),
+            templater=templater,
             tokens=TokenTable(tokenizer, vocab_size),
             limits=limits,
             engine=AsyncEngine(engine),
+            grammars=GrammarCompiler(tokenizer, vocab_size, limits.stop_token_ids),
+            tool_parser=tool_parser,
             fingerprint=_fingerprint(spec, loaded),
             created=int(time.time()),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -16,16 +17,22 @@ from server.config import load_config
 from tests.conftest import tiny_config_yaml
 
 
-@pytest.fixture(scope="session")
-async def tiny_app(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FastAPI]:
-    config = load_config(tiny_config_yaml(tiny_model_dir, tmp_path_factory.mktemp("cfg")))
-    app = create_app(config)
+@asynccontextmanager
+async def running_app(config_path: Path) -> AsyncIterator[FastAPI]:
+    """The app with its lifespan entered and its models loaded."""
+    app = create_app(load_config(config_path))
     async with app.router.lifespan_context(app):
         for _ in range(600):
             if app.state.registry.ready:
                 break
             await asyncio.sleep(0.05)
         assert app.state.registry.ready, app.state.registry.failure
+        yield app
+
+
+@pytest.fixture(scope="session")
+async def tiny_app(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FastAPI]:
+    async with running_app(tiny_config_yaml(tiny_model_dir, tmp_path_factory.mktemp("cfg"))) as app:
         yield app
 
 

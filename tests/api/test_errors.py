@@ -75,12 +75,10 @@ async def test_schema_violations_are_400_naming_the_param(
 @pytest.mark.parametrize(
     ("patch", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"tool_choice": "required"}, "tool_choice"),
         ({"parallel_tool_calls": True}, "parallel_tool_calls"),
-        ({"functions": [{"name": "f"}]}, "functions"),
         ({"function_call": "auto"}, "function_call"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "json_object"}}, "messages"),
         ({"store": True}, "store"),
         ({"reasoning_effort": "low"}, "reasoning_effort"),
         ({"prediction": {"type": "content", "content": "x"}}, "prediction"),

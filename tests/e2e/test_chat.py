@@ -143,10 +143,8 @@ def test_errors_through_the_sdk(sync_client: openai.OpenAI) -> None:
         sync_client.chat.completions.create(model=MODEL, messages=FRANCE, max_completion_tokens=9000)
     assert too_long.value.body["code"] == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError) as unsupported:
-        sync_client.chat.completions.create(
-            model=MODEL, messages=FRANCE, response_format={"type": "json_object"}
-        )
-    assert unsupported.value.body["param"] == "response_format"
+        sync_client.chat.completions.create(model=MODEL, messages=FRANCE, reasoning_effort="low")
+    assert unsupported.value.body["param"] == "reasoning_effort"
 
 
 def test_models_and_health(sync_client: openai.OpenAI, server_url: str) -> None:

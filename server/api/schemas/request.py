@@ -105,6 +105,9 @@ class AssistantMessage(_Wire):
     tool_calls: list[ToolCall] | None = None
     function_call: FunctionCall | None = None
     audio: AssistantAudioRef | None = None
+    # Output-only citations, present when a client sends a response's message back as history
+    # (`messages.append(completion.choices[0].message)`); they do not change the prompt.
+    annotations: list[dict[str, Any]] | None = None
 
 
 class ToolMessage(_Wire):

@@ -1,0 +1,80 @@
+"""response_format and tools -> the grammar each choice is sampled under, and the tool parser.
+
+Every grammar is compiled before the first byte is sent, so a schema the grammar engine cannot
+enforce is a 400 naming where it sits, never a 200 with unconstrained output.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from server.api.errors import InvalidRequest
+from server.api.schemas.request import (
+    ChatCompletionRequest,
+    ResponseFormatJSONObject,
+    ResponseFormatJSONSchema,
+)
+from server.chat.tools import ToolPlan, plan_tools
+from server.constrained.compiler import GrammarCompiler, GrammarError
+from server.constrained.json_schema import ANY_OBJECT, lark_json, schema_grammar
+from server.parsers.base import ToolCallParser
+
+
+@dataclass(slots=True, frozen=True)
+class Constraint:
+    grammar: str | None  # None: free text
+    tools: ToolPlan | None
+    parser: type[ToolCallParser] | None
+
+
+def build_constraint(
+    request: ChatCompletionRequest, compiler: GrammarCompiler, parser: type[ToolCallParser]
+) -> Constraint:
+    schema = _response_schema(request, compiler)
+    plan = plan_tools(request)
+    if plan is None:
+        return Constraint(schema_grammar(schema) if schema is not None else None, None, None)
+    param, where = ("functions", "parameters") if plan.legacy_functions else ("tools", "function.parameters")
+    for index, tool in enumerate(plan.tools):
+        what = f"The parameters schema of function '{tool.name}'"
+        _compile(compiler, schema_grammar(tool.parameters), f"{param}[{index}].{where}", what)
+    text = lark_json(schema) if schema is not None else None
+    grammar = parser.grammar(plan.call_grammar(text), compiler.special_token)
+    _compile(compiler, grammar, param, f"The tool-call grammar ({parser.name} format)")
+    return Constraint(grammar, plan, parser)
+
+
+def _response_schema(request: ChatCompletionRequest, compiler: GrammarCompiler) -> dict[str, Any] | None:
+    fmt = request.response_format
+    if isinstance(fmt, ResponseFormatJSONObject):
+        if not any("json" in _message_text(m).lower() for m in request.messages):
+            raise InvalidRequest(
+                "'messages' must contain the word 'json' in some form, to use 'response_format' of type "
+                "'json_object'.",
+                param="messages",
+            )
+        return ANY_OBJECT
+    if isinstance(fmt, ResponseFormatJSONSchema):
+        schema = fmt.json_schema.schema_ if fmt.json_schema.schema_ is not None else ANY_OBJECT
+        what = f"The schema of response_format '{fmt.json_schema.name}'"
+        _compile(compiler, schema_grammar(schema), "response_format", what)
+        return schema
+    return None
+
+
+def _compile(compiler: GrammarCompiler, grammar: str, param: str, what: str) -> None:
+    try:
+        compiler.check(grammar)
+    except GrammarError as exc:
+        raise InvalidRequest(f"{what} cannot be enforced: {exc}", param=param) from exc
+
+
+def _message_text(message: Any) -> str:
+    content = getattr(message, "content", None)
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(getattr(part, "text", "") or "" for part in content)
+    return json.dumps(content) if content is not None else ""

@@ -1,0 +1,118 @@
+"""The request's tools, functions and tool_choice -> what the model is shown and what it may call."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from server.api.errors import InvalidRequest
+from server.api.schemas.request import (
+    ChatCompletionRequest,
+    FunctionDefinition,
+    NamedFunction,
+    NamedToolChoice,
+)
+from server.parsers.events import CallGrammar, ToolSpec
+
+
+@dataclass(slots=True, frozen=True)
+class ToolPlan:
+    tools: tuple[ToolSpec, ...]  # all declared tools: what the prompt shows
+    callable: tuple[ToolSpec, ...]  # what the grammar lets the model call
+    required: bool
+    parallel: bool
+    legacy_functions: bool  # `functions`/`function_call`: answered with message.function_call
+
+    def call_grammar(self, text_grammar: str | None) -> CallGrammar:
+        return CallGrammar(self.callable, self.required, self.parallel, text_grammar)
+
+
+def plan_tools(request: ChatCompletionRequest) -> ToolPlan | None:
+    """None when no call can be produced (no tools, or tool_choice/function_call "none")."""
+    if request.parallel_tool_calls is not None and not request.tools:
+        raise InvalidRequest(
+            "'parallel_tool_calls' is only allowed when 'tools' are given.", param="parallel_tool_calls"
+        )
+    if request.tools and request.functions:
+        raise InvalidRequest(
+            "Give either 'tools' or the deprecated 'functions', not both.", param="functions"
+        )
+    # "none" without tools asks for nothing and is accepted; any other choice needs something to call.
+    if request.tool_choice not in (None, "none") and not request.tools:
+        raise InvalidRequest("'tool_choice' is only allowed when 'tools' are given.", param="tool_choice")
+    if request.function_call not in (None, "none") and not request.functions:
+        raise InvalidRequest(
+            "'function_call' is only allowed when 'functions' are given.", param="function_call"
+        )
+    if request.tools:
+        specs = tuple(_spec(tool.function) for tool in request.tools)
+        _check_unique(specs, "tools")
+        choice = request.tool_choice or "auto"
+        parallel = request.parallel_tool_calls is not False
+        return _plan(specs, choice, parallel, legacy=False, param="tool_choice")
+    if request.functions:
+        specs = tuple(_spec(fn) for fn in request.functions)
+        _check_unique(specs, "functions")
+        return _plan(
+            specs, request.function_call or "auto", parallel=False, legacy=True, param="function_call"
+        )
+    return None
+
+
+def _plan(
+    specs: tuple[ToolSpec, ...],
+    choice: str | NamedToolChoice | NamedFunction,
+    parallel: bool,
+    legacy: bool,
+    param: str,
+) -> ToolPlan | None:
+    if choice == "none":
+        return None
+    if choice in ("auto", "required"):
+        return ToolPlan(specs, specs, choice == "required", parallel, legacy)
+    name = choice.function.name if isinstance(choice, NamedToolChoice) else choice.name  # type: ignore[union-attr]
+    named = [s for s in specs if s.name == name]
+    if not named:
+        declared = ", ".join(repr(s.name) for s in specs)
+        raise InvalidRequest(
+            f"Invalid '{param}': function {name!r} is not among the declared functions ({declared}).",
+            param=param,
+        )
+    return ToolPlan(specs, tuple(named), True, False, legacy)
+
+
+def _spec(fn: FunctionDefinition) -> ToolSpec:
+    return ToolSpec(fn.name, fn.parameters or {"type": "object", "properties": {}}, fn.description)
+
+
+def _check_unique(specs: tuple[ToolSpec, ...], param: str) -> None:
+    names = [s.name for s in specs]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise InvalidRequest(f"Duplicate function name {name!r} in '{param}'.", param=f"{param}[{index}]")
+
+
+def template_tools(tools: tuple[ToolSpec, ...]) -> list[dict[str, object]]:
+    """The tools as chat templates expect them (OpenAI's shape, arguments schema as an object)."""
+    out: list[dict[str, object]] = []
+    for tool in tools:
+        function: dict[str, object] = {"name": tool.name, "parameters": tool.parameters}
+        if tool.description is not None:
+            function["description"] = tool.description
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def builtin_tool_prompt(tools: tuple[ToolSpec, ...]) -> str:
+    """For chat templates with no tool support: the tools in the widespread Hermes style, which
+    is also the format the Hermes parser reads back."""
+    listing = "\n".join(json.dumps(t, ensure_ascii=False) for t in template_tools(tools))
+    return (
+        "You are a function calling AI model. You are given function signatures within <tools></tools> "
+        "XML tags. You may call one or more of these functions to answer the user. Do not make up "
+        "values for arguments. Here are the available tools:\n"
+        f"<tools>\n{listing}\n</tools>\n"
+        "For each function call, return a JSON object with the function name and its arguments within "
+        "<tool_call></tool_call> XML tags, like this:\n"
+        '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+    )

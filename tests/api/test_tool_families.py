@@ -1,0 +1,113 @@
+"""Tiny random-weight models with the chat template of each supported family: the tools are
+rendered the family's way, the parser is picked from the template, and a forced call from random
+weights still names the function with arguments that validate (the grammar guarantees it)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import jsonschema
+import openai
+import pytest
+
+from server.api.schemas.request import ChatCompletionRequest
+from server.parsers.events import ToolSpec
+from tests.api.conftest import running_app
+from tests.conftest import tiny_config_yaml
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
+PARAMETERS = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 8}, "unit": {"enum": ["c", "f"]}},
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {"name": "get_weather", "description": "Weather now", "parameters": PARAMETERS},
+    }
+]
+ASK = [{"role": "user", "content": "Weather in Paris?"}]
+FAMILIES = {
+    # template file: (expected parser, a marker of the family's tool prompt in the rendered prompt)
+    "qwen2_5.jinja": ("hermes", "# Tools"),
+    "hermes.jinja": ("hermes", "You are a function calling AI model"),
+    "llama3_json.jinja": ("llama3_json", "Environment: ipython"),
+    "llama3_pythonic.jinja": ("pythonic", "[func_name1("),
+    "mistral.jinja": ("mistral", "[AVAILABLE_TOOLS]"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+async def family(
+    request: pytest.FixtureRequest, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[str, object, openai.AsyncOpenAI]]:
+    template = TEMPLATES / request.param
+    path = tiny_config_yaml(
+        tiny_model_dir, tmp_path_factory.mktemp("cfg"), f"    chat_template: {template}\n"
+    )
+    async with running_app(path) as app:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=120) as http:
+            client = openai.AsyncOpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http)
+            yield request.param, app.state.registry.get("tiny"), client
+
+
+async def test_parser_is_picked_from_the_template(family: tuple) -> None:
+    name, served, _ = family
+    assert served.tool_parser.name == FAMILIES[name][0]
+
+
+async def test_tools_and_tool_history_render_the_family_way(family: tuple) -> None:
+    name, served, _ = family
+    request = ChatCompletionRequest.model_validate(
+        {
+            "model": "tiny",
+            "messages": [
+                *ASK,
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {
+                                "name": "get_weather",
+                                "arguments": '{"city": "Paris", "unit": "c"}',
+                            },
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+            ],
+        }
+    )
+    prompt = served.templater.render(request.messages, (ToolSpec("get_weather", PARAMETERS, "Weather now"),))
+    assert FAMILIES[name][1] in prompt.text
+    assert "Weather now" in prompt.text  # the tool's description reached the prompt
+    assert "sunny, 21 C" in prompt.text
+    assert "Paris" in prompt.text  # the earlier call, rendered from its arguments object
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_forced_call_from_random_weights_is_valid(family: tuple, stream: bool) -> None:
+    _, _, client = family
+    kwargs = dict(model="tiny", messages=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False)
+    if stream:
+        chunks = [c async for c in await client.chat.completions.create(**kwargs, stream=True, max_tokens=80)]
+        calls = [tc for c in chunks for ch in c.choices for tc in ch.delta.tool_calls or []]
+        assert calls[0].id.startswith("call_") and calls[0].function.name == "get_weather"
+        arguments = "".join(tc.function.arguments or "" for tc in calls)
+        finish = [ch.finish_reason for c in chunks for ch in c.choices if ch.finish_reason]
+        assert finish == ["tool_calls"]
+    else:
+        r = await client.chat.completions.create(**kwargs, max_tokens=80)
+        assert r.choices[0].finish_reason == "tool_calls"
+        (call,) = r.choices[0].message.tool_calls
+        assert call.function.name == "get_weather"
+        arguments = call.function.arguments
+    jsonschema.validate(json.loads(arguments), PARAMETERS)

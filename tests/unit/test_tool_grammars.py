@@ -1,0 +1,193 @@
+"""Each format's call grammar, run on the real tokenizer: valid calls pass, anything else is masked."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from transformers import PreTrainedTokenizerBase
+
+from server.constrained.compiler import GrammarCompiler, GrammarError
+from server.constrained.json_schema import lark_json, schema_grammar
+from server.models.token_table import TokenTable
+from server.parsers.base import ToolCallParser
+from server.parsers.events import CallGrammar, ToolSpec
+from server.parsers.hermes import HermesParser
+from server.parsers.llama3_json import Llama3JsonParser
+from server.parsers.mistral import MistralParser
+from server.parsers.pythonic import PythonicParser
+
+WEATHER = ToolSpec(
+    "get_weather",
+    {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+)
+TIME = ToolSpec(
+    "get_time", {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}
+)
+
+# One call in each format: (good call, call of an undeclared function, call with invalid arguments).
+CALLS: dict[type[ToolCallParser], tuple[str, str, str, str]] = {
+    HermesParser: (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n</tool_call>',
+        '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>',
+        '<tool_call>\n{"name": "nope", "arguments": {}}\n</tool_call>',
+        '<tool_call>\n{"name": "get_weather", "arguments": {"unit": "k"}}\n</tool_call>',
+    ),
+    Llama3JsonParser: (
+        '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "c"}}',
+        '{"name": "get_time", "parameters": {"zone": "CET"}}',
+        '{"name": "nope", "parameters": {}}',
+        '{"name": "get_weather", "parameters": {"unit": "k"}}',
+    ),
+    MistralParser: (
+        '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}]',
+        '[TOOL_CALLS][{"name": "get_time", "arguments": {"zone": "CET"}}]',
+        '[TOOL_CALLS][{"name": "nope", "arguments": {}}]',
+        '[TOOL_CALLS][{"name": "get_weather", "arguments": {"unit": "k"}}]',
+    ),
+    PythonicParser: (
+        '[get_weather(city="Paris", unit="c")]',
+        '[get_time(zone="CET")]',
+        "[nope()]",
+        '[get_weather(unit="k")]',
+    ),
+}
+TWO_CALLS = {
+    HermesParser: lambda a, b: f"{a}\n{b}",
+    Llama3JsonParser: lambda a, b: f"{a}; {b}",
+    MistralParser: lambda a, b: a[:-1] + ", " + b[len("[TOOL_CALLS][") :],
+    PythonicParser: lambda a, b: a[:-1] + ", " + b[1:],
+}
+
+
+@pytest.fixture(scope="module")
+def compiler(tokenizer: PreTrainedTokenizerBase) -> GrammarCompiler:
+    return GrammarCompiler(tokenizer, len(tokenizer), frozenset({tokenizer.eos_token_id}))
+
+
+_TOKEN_BYTES: dict[int, list[bytes]] = {}
+
+
+def token_bytes(tokenizer: PreTrainedTokenizerBase) -> list[bytes]:
+    if id(tokenizer) not in _TOKEN_BYTES:
+        table = TokenTable(tokenizer, len(tokenizer))
+        infos = [table[i] for i in range(len(tokenizer))]
+        # Special tokens have no bytes of their own: they stand for their literal text here.
+        _TOKEN_BYTES[id(tokenizer)] = [bytes(i.bytes) if i.bytes else i.text.encode() for i in infos]
+    return _TOKEN_BYTES[id(tokenizer)]
+
+
+def accepts(compiler: GrammarCompiler, tokenizer: PreTrainedTokenizerBase, grammar: str, text: str) -> bool:
+    """Whether sampling under `grammar` can write exactly `text` and then end: at each step the
+    longest allowed token that continues the text is taken."""
+    pieces = token_bytes(tokenizer)
+    mask = compiler.mask(grammar)
+    generated: list[int] = []
+    rest = text.encode()
+    while rest:
+        allowed = mask(generated).nonzero().flatten().tolist()
+        fitting = [t for t in allowed if pieces[t] and rest.startswith(pieces[t])]
+        if not fitting:
+            return False
+        best = max(fitting, key=lambda t: len(pieces[t]))
+        generated.append(best)
+        rest = rest[len(pieces[best]) :]
+    return bool(mask(generated)[tokenizer.eos_token_id])
+
+
+def grammar(compiler: GrammarCompiler, parser: type[ToolCallParser], **spec: object) -> str:
+    fields = {"tools": (WEATHER, TIME), "required": True, "parallel": True, **spec}
+    return parser.grammar(CallGrammar(**fields), compiler.special_token)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("parser", list(CALLS))
+def test_required_calls_name_a_declared_function_with_valid_arguments(
+    parser: type[ToolCallParser], compiler: GrammarCompiler, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    good, other, unknown, invalid = CALLS[parser]
+    g = grammar(compiler, parser)
+    assert accepts(compiler, tokenizer, g, good)
+    assert accepts(compiler, tokenizer, g, other)
+    assert accepts(compiler, tokenizer, g, TWO_CALLS[parser](good, other))
+    assert not accepts(compiler, tokenizer, g, unknown)
+    assert not accepts(compiler, tokenizer, g, invalid)
+    assert not accepts(compiler, tokenizer, g, "Sure, here is the weather.")
+    assert parser.parse(good)  # and the parser reads back what the grammar lets through
+
+
+@pytest.mark.parametrize("parser", list(CALLS))
+def test_named_choice_and_no_parallel_calls(
+    parser: type[ToolCallParser], compiler: GrammarCompiler, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    good, other, _, _ = CALLS[parser]
+    named = grammar(compiler, parser, tools=(WEATHER,), parallel=False)
+    assert accepts(compiler, tokenizer, named, good)
+    assert not accepts(compiler, tokenizer, named, other)
+    assert not accepts(compiler, tokenizer, named, TWO_CALLS[parser](good, good))
+
+
+@pytest.mark.parametrize("parser", list(CALLS))
+def test_auto_allows_text_or_valid_calls(
+    parser: type[ToolCallParser], compiler: GrammarCompiler, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    good, _, unknown, invalid = CALLS[parser]
+    auto = grammar(compiler, parser, required=False)
+    assert accepts(compiler, tokenizer, auto, "It is sunny in Paris today.")
+    assert accepts(compiler, tokenizer, auto, good)
+    assert not accepts(compiler, tokenizer, auto, unknown)
+    assert not accepts(compiler, tokenizer, auto, invalid)
+
+
+def test_hermes_auto_allows_text_before_the_call(
+    compiler: GrammarCompiler, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    good, _, unknown, _ = CALLS[HermesParser]
+    auto = grammar(compiler, HermesParser, required=False)
+    assert accepts(compiler, tokenizer, auto, "Let me check.\n" + good)
+    assert not accepts(compiler, tokenizer, auto, "Let me check.\n" + unknown)
+
+
+def test_auto_with_a_json_response_format_allows_only_that_json_or_calls(
+    compiler: GrammarCompiler, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    answer = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    g = grammar(compiler, HermesParser, required=False, text_grammar=lark_json(answer))
+    assert accepts(compiler, tokenizer, g, '{"answer": "sunny"}')
+    assert accepts(compiler, tokenizer, g, CALLS[HermesParser][0])
+    assert not accepts(compiler, tokenizer, g, "It is sunny.")
+
+
+def test_markers_that_are_special_tokens_are_matched_as_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
+    qwen_like = copy.deepcopy(tokenizer)
+    qwen_like.add_special_tokens({"additional_special_tokens": ["<tool_call>", "</tool_call>"]})
+    compiler = GrammarCompiler(qwen_like, len(qwen_like), frozenset({qwen_like.eos_token_id}))
+    opener = qwen_like.convert_tokens_to_ids("<tool_call>")
+    assert compiler.special_token("<tool_call>") == opener
+    g = grammar(compiler, HermesParser, required=False)
+    assert f"<[{opener}]>" in g
+    good, _, unknown, _ = CALLS[HermesParser]
+    assert accepts(compiler, qwen_like, g, "Checking. " + good)
+    assert not accepts(compiler, qwen_like, g, unknown)
+
+
+def test_schemas_the_engine_cannot_enforce_are_named(compiler: GrammarCompiler) -> None:
+    with pytest.raises(GrammarError, match="uniqueItems"):
+        compiler.check(schema_grammar({"type": "array", "uniqueItems": True}))
+    with pytest.raises(GrammarError, match="look-around"):
+        compiler.check(schema_grammar({"type": "string", "pattern": "^(?!x)"}))
+    compiler.check(schema_grammar(json.loads('{"type": "object", "properties": {"a": {"type": "integer"}}}')))
+
+
+def test_a_finished_grammar_allows_only_the_end_of_sequence(
+    compiler: GrammarCompiler, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    mask = compiler.mask(schema_grammar({"type": "object", "properties": {"a": {"type": "integer"}}}))
+    ids = tokenizer('{"a": 12}', add_special_tokens=False)["input_ids"]
+    allowed = mask(ids)
+    assert allowed.nonzero().flatten().tolist() == [tokenizer.eos_token_id]
