@@ -153,7 +153,7 @@ class Engine:
             if scheduler.has_work():
                 try:
                     self._step()
-                except Exception:  # a bug must not stop the engine: fail what it had, keep serving
+                except BaseException:  # a bug (or a native panic) must not stop the engine thread
                     logger.exception("engine step failed; failing the requests in flight")
                     for seq in list(self._by_id.values()):
                         self._finish(seq, FinishReason.ERROR, "the engine failed on this step")
@@ -189,6 +189,11 @@ class Engine:
         sampling = [chunk.seq for chunk in plan.chunks if chunk.samples]
         tokens = sample_batch([seq.payload.sampler for seq in sampling], logits)
         for seq, token in zip(sampling, tokens, strict=True):
+            failure = seq.payload.sampler.failure
+            if failure is not None:  # its grammar broke: this sequence ends with an error, others go on
+                logger.error("request %s: %s", seq.request_id, failure)
+                self._finish(seq, FinishReason.ERROR, failure)
+                continue
             seq.token_ids.append(token.token_id)
             params = seq.params
             finish = None

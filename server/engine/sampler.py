@@ -35,6 +35,7 @@ class SequenceSampler:
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(_seed_for(params))
         self.generated: list[int] = []
+        self.failure: str | None = None  # the mask hook failed: the engine ends this sequence alone
         self._bias: torch.Tensor | None = None
         if params.logit_bias:
             self._bias = torch.zeros(vocab_size, dtype=torch.float32)
@@ -58,8 +59,14 @@ class SequenceSampler:
         if self._counts is not None:
             row -= self.params.frequency_penalty * self._counts
             row -= self.params.presence_penalty * (self._counts > 0).float()
-        if self.mask_fn is not None:
-            allowed = self.mask_fn(self.generated)
+        if self.mask_fn is not None and self.failure is None:
+            try:
+                allowed = self.mask_fn(self.generated)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:
+                self.failure = f"the output constraint failed: {type(exc).__name__}: {exc}"
+                return
             if allowed is not None:
                 row.masked_fill_(~allowed, float("-inf"))
 

@@ -64,3 +64,32 @@ async def test_non_stream_request_stops_when_the_client_disconnects(tiny_app: Fa
     http_request = Request({"type": "http", "method": "POST", "headers": []}, receive)
     assert await _fold_unless_disconnected(stream, http_request) is None
     assert await _wait_idle(engine)
+
+
+class _NativePanic(BaseException):
+    """What a panic inside a native extension (pyo3's PanicException) looks like to Python."""
+
+
+async def test_a_failing_grammar_ends_only_its_own_sequence(tiny_app: FastAPI) -> None:
+    from server.engine.types import EngineRequest, SamplingParams
+
+    engine = tiny_app.state.registry.get("tiny").engine
+    calls = []
+
+    def broken_mask(generated: list[int]) -> None:
+        calls.append(len(generated))
+        if len(generated) >= 2:
+            raise _NativePanic("grammar engine panicked")
+
+    params = SamplingParams(max_tokens=8, temperature=0.0)
+    broken = engine.stream([EngineRequest("broken", [1, 2, 3], params, mask_fn=broken_mask)])
+    healthy = engine.stream([EngineRequest("healthy", [1, 2, 3], params)])
+
+    async def outputs(stream) -> list:
+        return [out async for _, out in stream]
+
+    broken_out, healthy_out = await asyncio.gather(outputs(broken), outputs(healthy))
+    assert broken_out[-1].error and "panicked" in broken_out[-1].error
+    assert len([o for o in broken_out if o.token is not None]) == 2
+    assert [o.token is not None for o in healthy_out].count(True) == 8 and healthy_out[-1].error is None
+    assert await _wait_idle(tiny_app.state.registry.get("tiny").engine.engine)

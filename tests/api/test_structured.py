@@ -222,3 +222,13 @@ async def test_round_trip_with_tool_results(client: openai.AsyncOpenAI) -> None:
     ]
     final = await client.chat.completions.create(model="tiny", messages=history, tools=TOOLS, max_tokens=10)
     assert final.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+async def test_stop_strings_cut_constrained_output(client: openai.AsyncOpenAI) -> None:
+    r = await client.chat.completions.create(
+        model="tiny", messages=MSG, response_format=_format(SMALL), seed=4, max_tokens=60, stop=['"size"']
+    )
+    assert r.choices[0].finish_reason == "stop"
+    assert (
+        r.choices[0].message.content.startswith('{"name": "') and '"size"' not in r.choices[0].message.content
+    )

@@ -12,6 +12,7 @@ from server.parsers.hermes import HermesParser
 from server.parsers.llama3_json import Llama3JsonParser
 from server.parsers.mistral import MistralParser
 from server.parsers.pythonic import PythonicParser
+from server.parsers.registry import parser_for_template
 
 WEATHER = {"city": "Paris", "days": [1, 2], "note": 'say "hi" } ]'}
 W = json.dumps(WEATHER)
@@ -148,3 +149,24 @@ def test_blank_space_between_calls_is_not_content() -> None:
 def test_text_after_a_call_is_content() -> None:
     events = HermesParser.parse('<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>\nDone.')
     assert text(events) == "\nDone."
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("... <tool_call> ...", HermesParser),
+        (
+            'Respond in the format {"name": function name, "parameters": dictionary of argument name ...',
+            Llama3JsonParser,
+        ),
+        ("{{ '[TOOL_CALLS]' }}", MistralParser),
+        ("[func_name1(params_name1=params_value1), ...] <|python_tag|>", PythonicParser),
+        ("{{ message.content }}", HermesParser),  # no tool support: our Hermes-style prompt
+    ],
+)
+def test_parser_is_chosen_from_the_template(template: str, expected: type[ToolCallParser]) -> None:
+    assert parser_for_template(template) is expected
+
+
+def test_models_yaml_can_override_the_parser() -> None:
+    assert parser_for_template("... <tool_call> ...", "mistral") is MistralParser
