@@ -3,6 +3,8 @@
     .venv/bin/python scripts/bench.py                          # ours + both yardsticks, levels 1, 4, 16
     .venv/bin/python scripts/bench.py --url http://127.0.0.1:8000 --model smollm2-135m-instruct
     .venv/bin/python scripts/bench.py --targets ours --levels 1,16
+    .venv/bin/python scripts/bench.py --targets ours --levels 1,16 \
+        --workloads plain,json_schema,tool_prompt,tool_call   # constrained vs. the same requests, free
 
 Per concurrency level: streaming requests from a fixed, varied prompt set (temperature 0,
 --tokens output tokens, loopback only), each worker sending its next request when the last one
@@ -32,6 +34,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from server.chat.tools import builtin_tool_prompt  # noqa: E402
+from server.parsers.events import ToolSpec  # noqa: E402
 from tests.e2e.conftest import free_port, wait_healthy  # noqa: E402
 
 PROMPTS = [
@@ -54,6 +58,33 @@ PROMPTS = [
 ]
 
 
+# Constrained workloads (ours only), compared with the same requests unconstrained ("plain"). Their
+# schemas ask for long text, so that a constrained request generates as many tokens as a plain one.
+LONG_TEXT = {"type": "string", "minLength": 2000, "maxLength": 4000}
+ESSAY = {
+    "type": "object",
+    "properties": {"title": {"type": "string", "maxLength": 60}, "body": LONG_TEXT},
+    "required": ["title", "body"],
+    "additionalProperties": False,
+}
+ESSAY_TOOL = ToolSpec("write_essay", ESSAY)
+WORKLOADS: dict[str, dict] = {
+    "plain": {},
+    "json_schema": {
+        "response_format": {"type": "json_schema", "json_schema": {"name": "essay", "schema": ESSAY}}
+    },
+    "tool_call": {
+        "tools": [{"type": "function", "function": {"name": "write_essay", "parameters": ESSAY}}],
+        "tool_choice": {"type": "function", "function": {"name": "write_essay"}},
+    },
+    # tool_call's unconstrained twin: the same prompt (the default model's template has no tool
+    # support, so the server shows tools through this very system prompt), no grammar.
+    "tool_prompt": {"system": builtin_tool_prompt((ESSAY_TOOL,))},
+}
+# Each constrained workload and the plain workload it is compared with.
+TWINS = {"json_schema": "plain", "tool_call": "tool_prompt"}
+
+
 @dataclass
 class RequestResult:
     ttft: float | None = None
@@ -65,6 +96,7 @@ class RequestResult:
 @dataclass
 class LevelResult:
     target: str
+    workload: str
     concurrency: int
     requests: int
     errors: int
@@ -126,11 +158,15 @@ def _children(pid: int) -> list[int]:
 
 
 async def one_request(
-    client: httpx.AsyncClient, url: str, model: str, prompt: str, tokens: int
+    client: httpx.AsyncClient, url: str, model: str, prompt: str, tokens: int, workload: str = "plain"
 ) -> RequestResult:
+    extra = dict(WORKLOADS[workload])
+    system = extra.pop("system", None)
     body = {
+        **extra,
         "model": model,
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": ([{"role": "system", "content": system}] if system else [])
+        + [{"role": "user", "content": prompt}],
         "temperature": 0,
         "max_tokens": tokens,
         "stream": True,
@@ -154,7 +190,8 @@ async def one_request(
                 if chunk.get("usage"):
                     result.tokens = chunk["usage"].get("completion_tokens", 0)
                 choices = chunk.get("choices") or []
-                if choices and choices[0].get("delta", {}).get("content"):
+                delta = choices[0].get("delta", {}) if choices else {}
+                if delta.get("content") or delta.get("tool_calls"):
                     now = time.perf_counter()
                     if result.ttft is None:
                         result.ttft = now - started
@@ -169,7 +206,9 @@ async def one_request(
     return result
 
 
-async def run_level(url: str, model: str, concurrency: int, args: argparse.Namespace) -> list[RequestResult]:
+async def run_level(
+    url: str, model: str, concurrency: int, args: argparse.Namespace, workload: str = "plain"
+) -> list[RequestResult]:
     deadline = time.monotonic() + args.level_seconds
     results: list[RequestResult] = []
     limits = httpx.Limits(max_connections=concurrency + 4)
@@ -180,7 +219,7 @@ async def run_level(url: str, model: str, concurrency: int, args: argparse.Names
                 if time.monotonic() > deadline:
                     return
                 prompt = PROMPTS[(index + round_ * concurrency) % len(PROMPTS)]
-                results.append(await one_request(client, url, model, prompt, args.tokens))
+                results.append(await one_request(client, url, model, prompt, args.tokens, workload))
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
     return results
@@ -188,6 +227,7 @@ async def run_level(url: str, model: str, concurrency: int, args: argparse.Names
 
 def summarize(
     target: str,
+    workload: str,
     concurrency: int,
     results: list[RequestResult],
     seconds: float,
@@ -200,6 +240,7 @@ def summarize(
     gaps = [g * 1000 for r in ok for g in r.gaps]
     return LevelResult(
         target=target,
+        workload=workload,
         concurrency=concurrency,
         requests=len(results),
         errors=len(results) - len(ok),
@@ -299,22 +340,30 @@ def print_table(levels: list[LevelResult]) -> None:
         return "-" if v is None else f"{v:.{digits}f}"
 
     header = (
-        f"{'target':24} {'conc':>4} {'reqs':>4} {'err':>3} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p95':>9} "
-        f"{'ITL p50':>8} {'peak RSS':>9} {'RSS after':>9}"
+        f"{'target':22} {'workload':11} {'conc':>4} {'reqs':>4} {'err':>3} {'tok/s':>7} {'TTFT p50':>8} "
+        f"{'TTFT p95':>8} {'ITL p50':>7} {'peak RSS':>8} {'RSS after':>9}"
     )
     print(header)
     print("-" * len(header))
     for r in levels:
         print(
-            f"{r.target:24} {r.concurrency:>4} {r.requests:>4} {r.errors:>3} {r.tokens_per_s:>8.1f} "
-            f"{fmt(r.ttft_p50_ms):>9} {fmt(r.ttft_p95_ms):>9} {fmt(r.itl_p50_ms, 1):>8} "
-            f"{fmt(r.peak_rss_mb):>9} {fmt(r.rss_after_mb):>9}"
+            f"{r.target:22} {r.workload:11} {r.concurrency:>4} {r.requests:>4} {r.errors:>3} "
+            f"{r.tokens_per_s:>7.1f} {fmt(r.ttft_p50_ms):>8} {fmt(r.ttft_p95_ms):>8} "
+            f"{fmt(r.itl_p50_ms, 1):>7} {fmt(r.peak_rss_mb):>8} {fmt(r.rss_after_mb):>9}"
         )
 
 
 def ratios(levels: list[LevelResult]) -> dict[str, float]:
-    by = {(r.target, r.concurrency): r for r in levels}
+    every = {(r.target, r.workload, r.concurrency): r for r in levels}
+    by = {(t, c): r for (t, w, c), r in every.items() if w == "plain"}
     out: dict[str, float] = {}
+    for (target, workload, c), r in every.items():
+        twin = every.get((target, TWINS.get(workload, ""), c))
+        if twin is not None and twin.tokens_per_s:
+            pair = f"{target} {workload}/{twin.workload}"
+            out[f"{pair} tok/s at {c}"] = round(r.tokens_per_s / twin.tokens_per_s, 3)
+            if r.itl_p50_ms and twin.itl_p50_ms:  # per-token cost alone, whatever the output lengths
+                out[f"{pair} ITL p50 at {c}"] = round(r.itl_p50_ms / twin.itl_p50_ms, 3)
     for (target, c), r in by.items():
         ours = by.get(("ours", c))
         if target != "ours" and ours and r.tokens_per_s:
@@ -343,6 +392,11 @@ def main() -> int:
     parser.add_argument("--level-seconds", type=float, default=240, help="no new request starts after this")
     parser.add_argument("--device", default="cpu", help="device of both yardsticks (ours: models.yaml)")
     parser.add_argument("--dtype", default="float32", help="dtype of both yardsticks (ours: models.yaml)")
+    parser.add_argument(
+        "--workloads",
+        default="plain",
+        help=f"for ours, comma-separated from {','.join(WORKLOADS)}: constrained vs. the same plain requests",
+    )
     parser.add_argument("--out", default=str(REPO / "bench-results"))
     args = parser.parse_args()
 
@@ -357,18 +411,23 @@ def main() -> int:
             )
             baseline = rss.current()
             print(f"{name}: warmed up, RSS {baseline or 0:.0f} MB", flush=True)
+            workloads = args.workloads.split(",") if name == "ours" else ["plain"]
             for concurrency in [int(c) for c in args.levels.split(",")]:
-                with rss:
-                    started = time.perf_counter()
-                    results = asyncio.run(run_level(url, model, concurrency, args))
-                    seconds = time.perf_counter() - started
-                time.sleep(1.0)
-                level = summarize(name, concurrency, results, seconds, rss.peak or None, rss.current())
-                levels.append(level)
-                print(
-                    f"  {name} c={concurrency}: {level.tokens_per_s:.1f} tok/s, {level.errors} errors",
-                    flush=True,
-                )
+                for workload in workloads:  # interleaved, so constrained and plain see the same machine
+                    with rss:
+                        started = time.perf_counter()
+                        results = asyncio.run(run_level(url, model, concurrency, args, workload))
+                        seconds = time.perf_counter() - started
+                    time.sleep(1.0)
+                    level = summarize(
+                        name, workload, concurrency, results, seconds, rss.peak or None, rss.current()
+                    )
+                    levels.append(level)
+                    print(
+                        f"  {name} {workload} c={concurrency}: {level.tokens_per_s:.1f} tok/s, "
+                        f"{level.errors} errors",
+                        flush=True,
+                    )
         finally:
             if process is not None:
                 process.terminate()

@@ -20,9 +20,10 @@ from server.chat.constraints import Constraint, build_constraint
 from server.chat.detokenizer import IncrementalDecoder
 from server.chat.params import refuse_unsupported, sampling_params
 from server.chat.tool_stream import ChoiceDeltas, ToolCallDeltas
+from server.constrained.mask import GrammarMask
 from server.engine.engine import EngineStream
 from server.engine.types import EngineRequest, FinishReason, QueueFull, StepOutput
-from server.models.registry import ModelRegistry
+from server.models.registry import ModelRegistry, ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -65,17 +66,17 @@ class ChatService:
     async def start(self, request: ChatCompletionRequest) -> ChatStream:
         served = self._registry.get(request.model)
         refuse_unsupported(request)
-        # Compiling a schema takes about a millisecond, a large one far longer: off the event loop.
-        constraint = await asyncio.to_thread(build_constraint, request, served.grammars, served.tool_parser)
-        prompt = served.templater.render(request.messages, constraint.tools.tools if constraint.tools else ())
         n = request.n or 1
+        # Compiling a schema takes about a millisecond, a large one far longer: off the event loop.
+        constraint, masks = await asyncio.to_thread(_constrain, request, served, n)
+        prompt = served.templater.render(request.messages, constraint.tools.tools if constraint.tools else ())
         base_id = uuid.uuid4().hex
         engine_requests = [
             EngineRequest(
                 request_id=f"{base_id}-{i}",
                 prompt_token_ids=prompt.token_ids,
                 params=sampling_params(request, served.limits, len(prompt.token_ids), i),
-                mask_fn=served.grammars.mask(constraint.grammar) if constraint.grammar is not None else None,
+                mask_fn=masks[i],
             )
             for i in range(n)
         ]
@@ -113,6 +114,16 @@ class ChatService:
         shapers = [_shaper(constraint) for _ in range(n)]
         chunks = _generate(header, stream, assemblers, shapers, len(prompt.token_ids))
         return ChatStream(header, chunks)
+
+
+def _constrain(
+    request: ChatCompletionRequest, served: ServedModel, n: int
+) -> tuple[Constraint, list[GrammarMask | None]]:
+    """The request's grammar, compiled (a 400 if it cannot be enforced), and one mask per choice."""
+    constraint = build_constraint(request, served.grammars, served.tool_parser)
+    if constraint.grammar is None:
+        return constraint, [None] * n
+    return constraint, [served.grammars.mask(constraint.grammar) for _ in range(n)]
 
 
 def _shaper(constraint: Constraint) -> ChoiceDeltas:

@@ -24,7 +24,14 @@ class GrammarError(ValueError):
 class GrammarCompiler:
     """One per served model: the tokenizer converted for llguidance (a few seconds, done once at
     load) and an LRU of compiled grammars. A matcher is compiled once per distinct grammar and
-    deep-copied (microseconds) for each sequence that uses it."""
+    deep-copied (microseconds) for each sequence that uses it.
+
+    Every llguidance call, here and in the masks, runs under one lock. Compiles (request threads)
+    and masks (the engine thread) would otherwise meet inside the native library, which releases
+    the GIL in some calls and not in others: the pattern of GIL-versus-native-lock deadlocks.
+    Waiting on a Python lock releases the GIL, so serializing the calls rules that out; a mask
+    waits at most for one compile (about a millisecond).
+    """
 
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, stop_token_ids: frozenset[int]
@@ -36,7 +43,7 @@ class GrammarCompiler:
         self.vocab_size = vocab_size
         self._hf = tokenizer
         self._cache: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the cache and every llguidance call
 
     def special_token(self, text: str) -> int | None:
         """The id of `text` when it is one special token of this vocabulary (e.g. Qwen's `<tool_call>`)."""
@@ -47,25 +54,27 @@ class GrammarCompiler:
         return token_id if self.tokenizer.is_special_token(token_id) else None
 
     def mask(self, grammar: str) -> GrammarMask:
-        return GrammarMask(self._prototype(grammar).deep_copy(), self.vocab_size, self._stop_token_ids)
+        with self._lock:
+            matcher = self._prototype(grammar).deep_copy()
+        return GrammarMask(matcher, self.vocab_size, self._stop_token_ids, self._lock)
 
     def check(self, grammar: str) -> None:
-        self._prototype(grammar)
+        with self._lock:
+            self._prototype(grammar)
 
     def _prototype(self, grammar: str) -> llguidance.LLMatcher:
-        with self._lock:
-            cached = self._cache.get(grammar)
-            if cached is not None:
-                self._cache.move_to_end(grammar)
-                return cached
+        """Under the lock."""
+        cached = self._cache.get(grammar)
+        if cached is not None:
+            self._cache.move_to_end(grammar)
+            return cached
         failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.tokenizer)
         if failed:
             raise GrammarError("; ".join(messages))
         matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
         if matcher.is_error():
             raise GrammarError(matcher.get_error())
-        with self._lock:
-            self._cache[grammar] = matcher
-            while len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
+        self._cache[grammar] = matcher
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
         return matcher
