@@ -6,15 +6,19 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
 import server
 from server.api import handlers
-from server.api.routes import chat, health, models
+from server.api.routes import chat, health, models, stored
 from server.chat.service import ChatService
 from server.config import ServerConfig
 from server.models.registry import ModelRegistry
+from server.storage.records import CompletionStore
+from server.storage.sql_store import SqlCompletionStore
+from server.storage.writer import StoreWriter
 
 logger = logging.getLogger(__name__)
 
@@ -23,10 +27,14 @@ def create_app(
     config: ServerConfig,
     *,
     registry: ModelRegistry | None = None,
+    store: CompletionStore | None = None,
     on_fatal: Callable[[], None] | None = None,
 ) -> FastAPI:
-    """`on_fatal` is called when the models cannot be loaded (the CLI stops the server then)."""
+    """`on_fatal` is called when the models cannot be loaded (the CLI stops the server then).
+    The completion store is opened here, so a database that cannot be reached stops start-up."""
     registry = registry or ModelRegistry(config)
+    store = store or SqlCompletionStore(_store_url(config))
+    writer = StoreWriter(store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -38,6 +46,8 @@ def create_app(
             if not loading.done():
                 logger.info("shutting down while models are still loading")
             registry.shutdown()
+            writer.close()  # what was generated is written before the process ends
+            store.close()
 
     app = FastAPI(
         title="openweights-server",
@@ -46,11 +56,22 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.registry = registry
-    app.state.chat_service = ChatService(registry)
+    app.state.store = store
+    app.state.store_writer = writer
+    app.state.chat_service = ChatService(registry, writer)
     handlers.install(app)
-    for module in (chat, models, health):
+    for module in (chat, stored, models, health):
         app.include_router(module.router)
     return app
+
+
+def _store_url(config: ServerConfig) -> str:
+    """A relative SQLite path is relative to the config file, like every path in it."""
+    url = config.server.store_url
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not Path(url[len(prefix) :]).expanduser().is_absolute():
+        return prefix + str(config.base_dir / url[len(prefix) :])
+    return url
 
 
 def _after_loading(future: asyncio.Future[None], on_fatal: Callable[[], None] | None) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -88,9 +88,24 @@ def _default_cache_dir() -> str:
     return os.path.join(base, "openweights-server")
 
 
+def _default_store_url() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return "sqlite:///" + os.path.join(base, "openweights-server", "completions.sqlite3")
+
+
 class ServerSettings(_Strict):
     # Converted GGUF checkpoints are kept here so later starts skip the slow conversion.
     cache_dir: str = Field(default_factory=_default_cache_dir)
+    # Where `store: true` completions go: `sqlite:///path/to/file.sqlite3` (created on first start;
+    # a relative path is relative to the config file) or `postgresql://user:pass@host:port/db`.
+    store_url: str = Field(default_factory=_default_store_url)
+
+    @field_validator("store_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError("must be a sqlite:///PATH or a postgresql://... URL")
+        return value
 
 
 class ServerConfig(_Strict):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from server.config import ServerConfig, load_config
 from server.models.loader import resolve_source
+from server.storage.sql_store import SqlCompletionStore
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "models.yaml"
@@ -59,14 +63,61 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrain
     return target
 
 
-def tiny_config_yaml(model_dir: Path, tmp_path: Path, extra: str = "") -> Path:
+def tiny_config_yaml(model_dir: Path, tmp_path: Path, extra: str = "", store_url: str | None = None) -> Path:
     path = tmp_path / "models.yaml"
+    default_store = f"sqlite:///{tmp_path / 'completions.sqlite3'}"
     path.write_text(
         "models:\n"
         "  - id: tiny\n"
         f"    source: {{path: {model_dir}}}\n"
         "    dtype: float32\n"
-        "    device: cpu\n" + extra,
+        "    device: cpu\n" + extra + f"server:\n  store_url: {store_url or default_store}\n",
         encoding="utf-8",
     )
     return path
+
+
+# --- the completion store's two back ends ---------------------------------------------------
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://openweights@127.0.0.1:54329/openweights")
+
+
+def _postgres_url() -> str:
+    try:
+        engine = sa.create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:  # any failure to connect means "not reachable"
+        message = (
+            f"no PostgreSQL server at {POSTGRES_URL} ({type(exc).__name__}); "
+            "start one with scripts/postgres.sh, or set TEST_POSTGRES_URL"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return POSTGRES_URL
+
+
+def _empty(store: SqlCompletionStore) -> SqlCompletionStore:
+    with store.engine.begin() as conn:
+        for table in ("completion_metadata", "completions"):
+            conn.execute(sa.text(f"DELETE FROM {table}"))
+    return store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'completions.sqlite3'}"
+        return
+    url = _postgres_url()
+    _empty(SqlCompletionStore(url)).close()
+    yield url
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[SqlCompletionStore]:
+    s = SqlCompletionStore(store_url)
+    yield s
+    s.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass, field
 
 from openai.types.chat import ChatCompletion, ChatCompletionMessage, ChatCompletionTokenLogprob
@@ -70,40 +70,61 @@ class _ChoiceFold:
         return message
 
 
-async def fold(chunks: AsyncIterable[ChatCompletionChunk]) -> ChatCompletion:
-    folds: dict[int, _ChoiceFold] = {}
-    usage: CompletionUsage | None = None
-    head: ChatCompletionChunk | None = None
-    async for chunk in chunks:
-        head = head or chunk
+class CompletionFolder:
+    """Chunks in, one by one; the ChatCompletion they add up to out."""
+
+    def __init__(self) -> None:
+        self._folds: dict[int, _ChoiceFold] = {}
+        self._usage: CompletionUsage | None = None
+        self._head: ChatCompletionChunk | None = None
+
+    def add(self, chunk: ChatCompletionChunk) -> None:
+        self._head = self._head or chunk
         if chunk.usage is not None:
-            usage = chunk.usage
+            self._usage = chunk.usage
         for c in chunk.choices:
-            state = folds.setdefault(c.index, _ChoiceFold())
+            state = self._folds.setdefault(c.index, _ChoiceFold())
             state.add(c.delta)
             if c.logprobs is not None and c.logprobs.content is not None:
                 state.logprobs = (state.logprobs or []) + c.logprobs.content
             if c.finish_reason is not None:
                 state.finish = c.finish_reason
-    assert head is not None, "a chat stream always yields chunks"
-    choices = [
-        Choice(
-            index=index,
-            message=state.message(),
-            logprobs=ChoiceLogprobs(content=state.logprobs, refusal=None)
-            if state.logprobs is not None
-            else None,
-            finish_reason=state.finish or "stop",  # type: ignore[arg-type]
+
+    def result(self) -> ChatCompletion:
+        head = self._head
+        assert head is not None, "a chat stream always yields chunks"
+        choices = [
+            Choice(
+                index=index,
+                message=state.message(),
+                logprobs=ChoiceLogprobs(content=state.logprobs, refusal=None)
+                if state.logprobs is not None
+                else None,
+                finish_reason=state.finish or "stop",  # type: ignore[arg-type]
+            )
+            for index, state in sorted(self._folds.items())
+        ]
+        return ChatCompletion(
+            id=head.id,
+            object="chat.completion",
+            created=head.created,
+            model=head.model,
+            choices=choices,
+            usage=self._usage,
+            system_fingerprint=head.system_fingerprint,
+            service_tier=head.service_tier,
         )
-        for index, state in sorted(folds.items())
-    ]
-    return ChatCompletion(
-        id=head.id,
-        object="chat.completion",
-        created=head.created,
-        model=head.model,
-        choices=choices,
-        usage=usage,
-        system_fingerprint=head.system_fingerprint,
-        service_tier=head.service_tier,
-    )
+
+
+async def fold(chunks: AsyncIterable[ChatCompletionChunk]) -> ChatCompletion:
+    folder = CompletionFolder()
+    async for chunk in chunks:
+        folder.add(chunk)
+    return folder.result()
+
+
+def fold_all(chunks: Iterable[ChatCompletionChunk]) -> ChatCompletion:
+    folder = CompletionFolder()
+    for chunk in chunks:
+        folder.add(chunk)
+    return folder.result()

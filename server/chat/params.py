@@ -21,11 +21,9 @@ class ModelLimits:
 def refuse_unsupported(request: ChatCompletionRequest) -> None:
     """Fields the server parses but cannot honour yet: a 400 naming them, never silently ignored.
 
-    Values that ask for nothing beyond the default (`store: false`, `modalities: ["text"]`) are
-    accepted. Tools and response formats are checked where they are built (`chat/constraints.py`).
+    Values that ask for nothing beyond the default (`modalities: ["text"]`) are accepted. Tools and
+    response formats are checked where they are built (`chat/constraints.py`).
     """
-    if request.store:
-        raise UnsupportedParameter("store")
     if request.reasoning_effort is not None:
         raise UnsupportedParameter("reasoning_effort", "is not supported: the served models do not reason")
     if request.prediction is not None:

@@ -19,11 +19,13 @@ from server.chat.assembler import ChoiceAssembler, Delta
 from server.chat.constraints import Constraint, build_constraint
 from server.chat.detokenizer import IncrementalDecoder
 from server.chat.params import refuse_unsupported, sampling_params
+from server.chat.recording import record_builder, recorded
 from server.chat.tool_stream import ChoiceDeltas, ToolCallDeltas
 from server.constrained.mask import GrammarMask
 from server.engine.engine import EngineStream
 from server.engine.types import EngineRequest, FinishReason, QueueFull, StepOutput
 from server.models.registry import ModelRegistry, ServedModel
+from server.storage.writer import StoreWriter
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +62,12 @@ class ChatStream:
 
 
 class ChatService:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, store_writer: StoreWriter | None = None) -> None:
         self._registry = registry
+        self._store_writer = store_writer
 
-    async def start(self, request: ChatCompletionRequest) -> ChatStream:
+    async def start(self, request: ChatCompletionRequest, project: str = "") -> ChatStream:
+        """`project`: the caller's project (its API key's); stored completions belong to it."""
         served = self._registry.get(request.model)
         refuse_unsupported(request)
         n = request.n or 1
@@ -113,6 +117,9 @@ class ChatService:
             raise RateLimited(f"The server is busy ({exc}); retry shortly.") from exc
         shapers = [_shaper(constraint) for _ in range(n)]
         chunks = _generate(header, stream, assemblers, shapers, len(prompt.token_ids))
+        if request.store and self._store_writer is not None:
+            writer = self._store_writer
+            chunks = recorded(chunks, lambda seen: writer.submit(record_builder(request, seen, project)))
         return ChatStream(header, chunks)
 
 

@@ -18,9 +18,9 @@ from tests.conftest import tiny_config_yaml
 
 
 @asynccontextmanager
-async def running_app(config_path: Path) -> AsyncIterator[FastAPI]:
-    """The app with its lifespan entered and its models loaded."""
-    app = create_app(load_config(config_path))
+async def running_app(config_path: Path, **wiring: object) -> AsyncIterator[FastAPI]:
+    """The app with its lifespan entered and its models loaded (`wiring`: create_app's keywords)."""
+    app = create_app(load_config(config_path), **wiring)  # type: ignore[arg-type]
     async with app.router.lifespan_context(app):
         for _ in range(600):
             if app.state.registry.ready:

@@ -79,7 +79,6 @@ async def test_schema_violations_are_400_naming_the_param(
         ({"parallel_tool_calls": True}, "parallel_tool_calls"),
         ({"function_call": "auto"}, "function_call"),
         ({"response_format": {"type": "json_object"}}, "messages"),
-        ({"store": True}, "store"),
         ({"reasoning_effort": "low"}, "reasoning_effort"),
         ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
         ({"modalities": ["text", "audio"]}, "modalities"),

@@ -25,7 +25,10 @@ def test_broken_config_stops_startup(tmp_path: Path) -> None:
 
 def test_unloadable_model_stops_the_server(tmp_path: Path) -> None:
     config = tmp_path / "models.yaml"
-    config.write_text(f"models:\n  - id: m\n    source: {{path: {tmp_path / 'missing'}}}\n", encoding="utf-8")
+    store = f"server:\n  store_url: sqlite:///{tmp_path / 'store.sqlite3'}\n"
+    config.write_text(
+        f"models:\n  - id: m\n    source: {{path: {tmp_path / 'missing'}}}\n{store}", encoding="utf-8"
+    )
     result = _run("serve", "--config", str(config), "--port", "0")
     assert result.returncode == 1
     assert "neither a directory nor a .gguf file" in result.stderr

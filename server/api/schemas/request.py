@@ -213,7 +213,7 @@ class StreamOptions(_Wire):
 # --- the request -----------------------------------------------------------------------------
 
 
-def _check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
+def check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
     if value is None:
         return value
     if len(value) > 16:
@@ -256,7 +256,7 @@ class ChatCompletionRequest(_Wire):
     logprobs: bool | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
-    metadata: Annotated[dict[str, str] | None, AfterValidator(_check_metadata)] = None
+    metadata: Annotated[dict[str, str] | None, AfterValidator(check_metadata)] = None
     modalities: list[Literal["text", "audio"]] | None = None
     n: Annotated[int, Field(ge=1, le=128)] | None = None
     parallel_tool_calls: bool | None = None

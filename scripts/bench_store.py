@@ -1,0 +1,100 @@
+"""What `store: true` adds to a request's latency: the same short requests with and without it.
+
+    .venv/bin/python scripts/bench_store.py                       # starts a server on the default model
+    .venv/bin/python scripts/bench_store.py --store-url postgresql://openweights@127.0.0.1:54329/openweights
+    .venv/bin/python scripts/bench_store.py --url http://127.0.0.1:8000
+
+Requests alternate (stored, not stored, ...), one at a time, streaming and not, so both kinds see
+the same machine; medians and their difference are printed and written to bench-results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.e2e.conftest import config_with_store, free_port, start_server, wait_healthy  # noqa: E402
+
+
+def timed(client: httpx.Client, url: str, model: str, store: bool, stream: bool, i: int) -> float:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": f"Say a number ({i})."}],
+        "max_tokens": 8,
+        "temperature": 0,
+        "store": store,
+        "stream": stream,
+        "metadata": {"bench": "store"},
+    }
+    started = time.perf_counter()
+    if stream:
+        with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+            r.raise_for_status()
+            for line in r.iter_lines():
+                if line == "data: [DONE]":
+                    break
+    else:
+        client.post(f"{url}/v1/chat/completions", json=body).raise_for_status()
+    return (time.perf_counter() - started) * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--store-url", help="the server's store (default: a temporary SQLite file)")
+    parser.add_argument("--requests", type=int, default=40, help="per kind and mode")
+    parser.add_argument("--out", default=str(REPO / "bench-results"))
+    args = parser.parse_args()
+    process = None
+    url = args.url
+    if url is None:
+        folder = Path(tempfile.mkdtemp(prefix="bench-store-"))
+        store_url = args.store_url or f"sqlite:///{folder / 'completions.sqlite3'}"
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        process = start_server(config_with_store(folder, store_url), port, folder / "server.log")
+        wait_healthy(process, url, folder / "server.log")
+    results: dict[str, float] = {}
+    try:
+        with httpx.Client(timeout=120) as client:
+            for stream in (False, True):
+                times: dict[bool, list[float]] = {True: [], False: []}
+                for i in range(args.requests + 2):
+                    for store in (True, False):
+                        elapsed = timed(client, url, args.model, store, stream, i)
+                        if i >= 2:  # the first rounds warm up
+                            times[store].append(elapsed)
+                mode = "stream" if stream else "non-stream"
+                stored, plain = statistics.median(times[True]), statistics.median(times[False])
+                results[f"{mode} median ms, store: true"] = round(stored, 2)
+                results[f"{mode} median ms, store: false"] = round(plain, 2)
+                results[f"{mode} store overhead ms"] = round(stored - plain, 2)
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=30)
+    for key, value in results.items():
+        print(f"{key}: {value}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"bench-store-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"results": results, "args": vars(args)}, indent=2))
+    print(f"written: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Stored completions (`store: true`): the CompletionStore and its SQL implementation."""

@@ -1,0 +1,1 @@
+"""The store fixtures live in tests/conftest.py (the API tests use them too)."""
