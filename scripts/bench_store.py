@@ -5,7 +5,8 @@
     .venv/bin/python scripts/bench_store.py --url http://127.0.0.1:8000
 
 Requests alternate (stored, not stored, ...), one at a time, streaming and not, so both kinds see
-the same machine; medians and their difference are printed and written to bench-results/.
+the same machine, each with a prompt of its own; medians and their difference are printed and
+written to bench-results/.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from tests.e2e.conftest import config_with_store, free_port, start_server, wait_
 def timed(client: httpx.Client, url: str, model: str, store: bool, stream: bool, i: int) -> float:
     body = {
         "model": model,
-        "messages": [{"role": "user", "content": f"Say a number ({i})."}],
+        # A prompt of its own per request: a repeated prompt would be served from the prefix cache.
+        "messages": [{"role": "user", "content": f"Say a number ({2 * i + int(store)})."}],
         "max_tokens": 8,
         "temperature": 0,
         "store": store,
