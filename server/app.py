@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 import server
 from server.api import handlers
+from server.api.auth import authenticate, load_api_keys
 from server.api.routes import chat, health, models, stored
 from server.chat.service import ChatService
 from server.config import ServerConfig
@@ -33,6 +35,12 @@ def create_app(
     """`on_fatal` is called when the models cannot be loaded (the CLI stops the server then).
     The completion store is opened here, so a database that cannot be reached stops start-up."""
     registry = registry or ModelRegistry(config)
+    api_keys = load_api_keys(config)
+    if api_keys is None:
+        logger.warning(
+            "NO API KEYS CONFIGURED: every /v1 route is open to anyone who can reach this server "
+            "(set server.api_keys_file or server.api_keys_env in the config)"
+        )
     store = store or SqlCompletionStore(_store_url(config))
     writer = StoreWriter(store)
 
@@ -56,12 +64,21 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.registry = registry
+    app.state.api_keys = api_keys
     app.state.store = store
     app.state.store_writer = writer
     app.state.chat_service = ChatService(registry, writer)
     handlers.install(app)
-    for module in (chat, stored, models, health):
-        app.include_router(module.router)
+    if config.server.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=config.server.cors_origins,
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+        )
+    for module in (chat, stored, models):  # the API: a key is required when keys are configured
+        app.include_router(module.router, dependencies=[Depends(authenticate)])
+    app.include_router(health.router)
     return app
 
 

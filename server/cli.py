@@ -72,7 +72,11 @@ def _serve(config: ServerConfig, host: str, port: int, log_level: str) -> int:
         failed = True
         server.should_exit = True
 
-    app = create_app(config, on_fatal=on_fatal)
+    try:
+        app = create_app(config, on_fatal=on_fatal)
+    except ConfigError as exc:  # e.g. an API-keys file that cannot be read
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=True))
     server.run()
     return 1 if failed else 0

@@ -99,6 +99,13 @@ class ServerSettings(_Strict):
     # Where `store: true` completions go: `sqlite:///path/to/file.sqlite3` (created on first start;
     # a relative path is relative to the config file) or `postgresql://user:pass@host:port/db`.
     store_url: str = Field(default_factory=_default_store_url)
+    # API keys. None configured: the /v1 routes are open (and start-up says so). Keys come from a
+    # YAML file (`keys: [{key: ..., project: ...}]`, relative to the config file) and/or from the
+    # environment variable named here (`KEY=PROJECT,KEY2=PROJECT2`); never from this file itself.
+    api_keys_file: str | None = None
+    api_keys_env: str | None = None
+    # Browser origins allowed to call the API (CORS), e.g. ["https://app.example.com"]; none by default.
+    cors_origins: list[str] = Field(default_factory=list)
 
     @field_validator("store_url")
     @classmethod

@@ -22,7 +22,7 @@ router = APIRouter()
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     service: ChatService = request.app.state.chat_service
-    stream = await service.start(body)
+    stream = await service.start(body, project=request.state.project)
     if body.stream:
         return StreamingResponse(
             sse.encode(stream.for_client()),

@@ -23,7 +23,7 @@ def _store(request: Request) -> CompletionStore:
 
 
 def _project(request: Request) -> str:
-    return getattr(request.state, "project", "")
+    return request.state.project  # set by the auth dependency of every /v1 route
 
 
 async def _found(request: Request, completion_id: str) -> StoredCompletion:
