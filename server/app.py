@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 import server
 from server.api import handlers
 from server.api.auth import authenticate, load_api_keys
+from server.api.limits import BodyLimit
 from server.api.routes import chat, health, models, stored
 from server.chat.service import ChatService
 from server.config import ServerConfig
@@ -67,8 +68,9 @@ def create_app(
     app.state.api_keys = api_keys
     app.state.store = store
     app.state.store_writer = writer
-    app.state.chat_service = ChatService(registry, writer)
+    app.state.chat_service = ChatService(registry, writer, config.server.limits)
     handlers.install(app)
+    app.add_middleware(BodyLimit, max_bytes=config.server.limits.max_body_bytes)
     if config.server.cors_origins:
         app.add_middleware(
             CORSMiddleware,

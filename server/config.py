@@ -59,6 +59,17 @@ class SamplingDefaults(_Strict):
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
 
 
+class RequestLimits(_Strict):
+    """Per-request limits; each violation is a 400 naming the field."""
+
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    max_messages: Annotated[int, Field(ge=1)] = 1024
+    max_n: Annotated[int, Field(ge=1, le=128)] = 128
+    max_tokens: Annotated[int, Field(ge=1)] | None = None  # None: up to the context length
+    max_tools: Annotated[int, Field(ge=0, le=128)] = 128
+    max_stop: Annotated[int, Field(ge=0, le=4)] = 4
+
+
 class EngineSettings(_Strict):
     """Continuous batching limits (see README: models.yaml reference)."""
 
@@ -104,6 +115,7 @@ class ServerSettings(_Strict):
     # environment variable named here (`KEY=PROJECT,KEY2=PROJECT2`); never from this file itself.
     api_keys_file: str | None = None
     api_keys_env: str | None = None
+    limits: RequestLimits = RequestLimits()
     # Browser origins allowed to call the API (CORS), e.g. ["https://app.example.com"]; none by default.
     cors_origins: list[str] = Field(default_factory=list)
 

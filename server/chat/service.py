@@ -14,6 +14,7 @@ from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta, ChoiceL
 from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
 
 from server.api.errors import InternalError, RateLimited
+from server.api.limits import check_limits
 from server.api.schemas.request import ChatCompletionRequest
 from server.chat.assembler import ChoiceAssembler, Delta
 from server.chat.constraints import Constraint, build_constraint
@@ -21,6 +22,7 @@ from server.chat.detokenizer import IncrementalDecoder
 from server.chat.params import refuse_unsupported, sampling_params
 from server.chat.recording import record_builder, recorded
 from server.chat.tool_stream import ChoiceDeltas, ToolCallDeltas
+from server.config import RequestLimits
 from server.constrained.mask import GrammarMask
 from server.engine.engine import EngineStream
 from server.engine.types import EngineRequest, FinishReason, QueueFull, StepOutput
@@ -62,12 +64,19 @@ class ChatStream:
 
 
 class ChatService:
-    def __init__(self, registry: ModelRegistry, store_writer: StoreWriter | None = None) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        store_writer: StoreWriter | None = None,
+        limits: RequestLimits | None = None,
+    ) -> None:
         self._registry = registry
         self._store_writer = store_writer
+        self._limits = limits or RequestLimits()
 
     async def start(self, request: ChatCompletionRequest, project: str = "") -> ChatStream:
         """`project`: the caller's project (its API key's); stored completions belong to it."""
+        check_limits(request, self._limits)
         served = self._registry.get(request.model)
         refuse_unsupported(request)
         n = request.n or 1
