@@ -56,7 +56,7 @@ class GrammarCompiler:
     def mask(self, grammar: str) -> GrammarMask:
         with self._lock:
             matcher = self._prototype(grammar).deep_copy()
-        return GrammarMask(matcher, self.vocab_size, self._stop_token_ids, self._lock)
+        return GrammarMask(matcher, self.vocab_size, self._lock)
 
     def check(self, grammar: str) -> None:
         with self._lock:

@@ -2,47 +2,44 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 
 import llguidance
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
+
+class GrammarFailure(RuntimeError):
+    """The matcher rejected a token or allows none: the sequence cannot go on under its grammar."""
 
 
 class GrammarMask:
     """Called by the sampler before each token of its sequence with the tokens generated so far:
     consumes the new ones, then returns the allowed set. Once the grammar is complete only the
-    end-of-sequence tokens remain allowed, so generation ends there (finish_reason "stop")."""
+    end-of-sequence tokens remain allowed, so generation ends there (finish_reason "stop").
 
-    def __init__(
-        self,
-        matcher: llguidance.LLMatcher,
-        vocab_size: int,
-        stop_token_ids: list[int],
-        native_lock: threading.Lock,
-    ) -> None:
+    It never fails open: a matcher in an error state raises, and the sampler ends this sequence
+    with an error (the constraint's guarantee would otherwise be silently broken)."""
+
+    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int, native_lock: threading.Lock) -> None:
         self._matcher = matcher
         self._native_lock = native_lock  # see GrammarCompiler: llguidance calls are serialized
-        self._stop_token_ids = stop_token_ids
         self._vocab_size = vocab_size
         self._consumed = 0
         self._bits = np.zeros((vocab_size + 31) // 32, dtype=np.int32)
-        self._failed = False
 
     def __call__(self, generated: list[int]) -> torch.Tensor | None:
         with self._native_lock:
             for token_id in generated[self._consumed :]:
-                if not self._matcher.consume_token(token_id) and not self._failed:
-                    self._failed = True  # cannot happen while the mask is applied; logged if it does
-                    logger.error("grammar rejected a sampled token: %s", self._matcher.get_error())
+                if not self._matcher.consume_token(token_id):
+                    raise GrammarFailure(
+                        f"the grammar rejected token {token_id}: {self._matcher.get_error()}"
+                    )
             self._consumed = len(generated)
             self._matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
-        allowed = np.unpackbits(self._bits.view(np.uint8), bitorder="little")[: self._vocab_size].astype(
-            np.bool_
-        )
-        if not allowed.any():  # a matcher in an error state allows nothing: end the sequence instead
-            allowed[self._stop_token_ids] = True
+            error = self._matcher.get_error() if self._matcher.is_error() else ""
+        unpacked = np.unpackbits(self._bits.view(np.uint8), bitorder="little")[: self._vocab_size]
+        allowed = unpacked.astype(np.bool_)
+        if error or not allowed.any():
+            raise GrammarFailure(f"the grammar allows no token: {error or 'empty mask'}")
         return torch.from_numpy(allowed)

@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from server.constrained.compiler import GrammarCompiler, GrammarError
 from server.constrained.json_schema import lark_json, schema_grammar
+from server.constrained.mask import GrammarFailure
 from server.models.token_table import TokenTable
 from server.parsers.base import ToolCallParser
 from server.parsers.events import CallGrammar, ToolSpec
@@ -191,3 +192,13 @@ def test_a_finished_grammar_allows_only_the_end_of_sequence(
     ids = tokenizer('{"a": 12}', add_special_tokens=False)["input_ids"]
     allowed = mask(ids)
     assert allowed.nonzero().flatten().tolist() == [tokenizer.eos_token_id]
+
+
+def test_a_rejected_token_fails_the_sequence_instead_of_opening_the_mask(
+    compiler: GrammarCompiler, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    mask = compiler.mask(schema_grammar({"type": "integer"}))
+    letter = tokenizer("x", add_special_tokens=False)["input_ids"]
+    assert not bool(mask([])[letter[0]])
+    with pytest.raises(GrammarFailure, match="rejected"):
+        mask(letter)
