@@ -24,13 +24,9 @@ class GrammarError(ValueError):
 class GrammarCompiler:
     """One per served model: the tokenizer converted for llguidance (a few seconds, done once at
     load) and an LRU of compiled grammars. A matcher is compiled once per distinct grammar and
-    deep-copied (microseconds) for each sequence that uses it.
-
-    Every llguidance call, here and in the masks, runs under one lock. Compiles (request threads)
-    and masks (the engine thread) would otherwise meet inside the native library, which releases
-    the GIL in some calls and not in others: the pattern of GIL-versus-native-lock deadlocks.
-    Waiting on a Python lock releases the GIL, so serializing the calls rules that out; a mask
-    waits at most for one compile (about a millisecond).
+    deep-copied (microseconds) for each sequence that uses it. Compiles run on request threads and
+    masks on the engine thread, each on its own matcher (llguidance is built for that); only the
+    cache is shared, so the engine never waits for a compile, however large the grammar.
     """
 
     def __init__(
@@ -43,7 +39,7 @@ class GrammarCompiler:
         self.vocab_size = vocab_size
         self._hf = tokenizer
         self._cache: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
-        self._lock = threading.Lock()  # guards the cache and every llguidance call
+        self._lock = threading.Lock()  # guards the cache
 
     def special_token(self, text: str) -> int | None:
         """The id of `text` when it is one special token of this vocabulary (e.g. Qwen's `<tool_call>`)."""
@@ -54,27 +50,25 @@ class GrammarCompiler:
         return token_id if self.tokenizer.is_special_token(token_id) else None
 
     def mask(self, grammar: str) -> GrammarMask:
-        with self._lock:
-            matcher = self._prototype(grammar).deep_copy()
-        return GrammarMask(matcher, self.vocab_size, self._lock)
+        return GrammarMask(self._prototype(grammar).deep_copy(), self.vocab_size)
 
     def check(self, grammar: str) -> None:
-        with self._lock:
-            self._prototype(grammar)
+        self._prototype(grammar)
 
     def _prototype(self, grammar: str) -> llguidance.LLMatcher:
-        """Under the lock."""
-        cached = self._cache.get(grammar)
-        if cached is not None:
-            self._cache.move_to_end(grammar)
-            return cached
+        with self._lock:
+            cached = self._cache.get(grammar)
+            if cached is not None:
+                self._cache.move_to_end(grammar)
+                return cached
         failed, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.tokenizer)
         if failed:
             raise GrammarError("; ".join(messages))
         matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
         if matcher.is_error():
             raise GrammarError(matcher.get_error())
-        self._cache[grammar] = matcher
-        while len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[grammar] = matcher
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
         return matcher

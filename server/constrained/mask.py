@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import llguidance
 import numpy as np
 import torch
@@ -21,23 +19,19 @@ class GrammarMask:
     It never fails open: a matcher in an error state raises, and the sampler ends this sequence
     with an error (the constraint's guarantee would otherwise be silently broken)."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int, native_lock: threading.Lock) -> None:
+    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int) -> None:
         self._matcher = matcher
-        self._native_lock = native_lock  # see GrammarCompiler: llguidance calls are serialized
         self._vocab_size = vocab_size
         self._consumed = 0
         self._bits = np.zeros((vocab_size + 31) // 32, dtype=np.int32)
 
     def __call__(self, generated: list[int]) -> torch.Tensor | None:
-        with self._native_lock:
-            for token_id in generated[self._consumed :]:
-                if not self._matcher.consume_token(token_id):
-                    raise GrammarFailure(
-                        f"the grammar rejected token {token_id}: {self._matcher.get_error()}"
-                    )
-            self._consumed = len(generated)
-            self._matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
-            error = self._matcher.get_error() if self._matcher.is_error() else ""
+        for token_id in generated[self._consumed :]:
+            if not self._matcher.consume_token(token_id):
+                raise GrammarFailure(f"the grammar rejected token {token_id}: {self._matcher.get_error()}")
+        self._consumed = len(generated)
+        self._matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
+        error = self._matcher.get_error() if self._matcher.is_error() else ""
         unpacked = np.unpackbits(self._bits.view(np.uint8), bitorder="little")[: self._vocab_size]
         allowed = unpacked.astype(np.bool_)
         if error or not allowed.any():
