@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from server.app import create_app
 from server.config import ConfigError, load_config
-from tests.api.conftest import running_app
+from tests.api.conftest import running_app, wait_stored
 from tests.conftest import tiny_config_yaml
 
 KEY_A, KEY_B = "sk-team-a-0123456789", "sk-team-b-0123456789"
@@ -74,22 +73,12 @@ async def test_health_stays_open_and_keys_from_both_sources_work(
         assert [m.id for m in models.data] == ["tiny"]
 
 
-async def _stored(client: openai.AsyncOpenAI, completion_id: str) -> None:
-    for _ in range(200):
-        try:
-            await client.chat.completions.retrieve(completion_id)
-            return
-        except openai.NotFoundError:
-            await asyncio.sleep(0.02)
-    raise AssertionError("never stored")
-
-
 async def test_a_project_never_sees_another_projects_completions(
     http: httpx.AsyncClient, keyed_app: object
 ) -> None:
     team_a, team_b = _client(keyed_app, KEY_A, http), _client(keyed_app, KEY_B, http)
     created = await team_a.chat.completions.create(model="tiny", messages=ASK, max_tokens=2, store=True)
-    await _stored(team_a, created.id)
+    await wait_stored(team_a, created.id)
     for call in (
         team_b.chat.completions.retrieve(created.id),
         team_b.chat.completions.update(created.id, metadata={"x": "y"}),

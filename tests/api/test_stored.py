@@ -13,7 +13,7 @@ import pytest
 
 from server.storage.records import StoredCompletion
 from server.storage.sql_store import SqlCompletionStore
-from tests.api.conftest import running_app
+from tests.api.conftest import running_app, wait_stored
 from tests.conftest import tiny_config_yaml
 
 ASK = [{"role": "user", "content": "hi"}]
@@ -39,21 +39,11 @@ class _client:
         await self._http.aclose()
 
 
-async def _stored(client: openai.AsyncOpenAI, completion_id: str) -> object:
-    """Writes are asynchronous (they never delay a response): wait until this one landed."""
-    for _ in range(200):
-        try:
-            return await client.chat.completions.retrieve(completion_id)
-        except openai.NotFoundError:
-            await asyncio.sleep(0.02)
-    raise AssertionError(f"{completion_id} was never stored")
-
-
 async def _create(client: openai.AsyncOpenAI, tag: str, i: int = 0, **kwargs: object) -> str:
     r = await client.chat.completions.create(
         model="tiny", messages=ASK, max_tokens=3, store=True, metadata={"run": tag, "i": str(i)}, **kwargs
     )
-    await _stored(client, r.id)
+    await wait_stored(client, r.id)
     return r.id
 
 
@@ -69,7 +59,7 @@ async def test_stored_completion_is_the_response_plus_request_details(served: tu
         temperature=0.5,
         user="u-1",
     )
-    got = await _stored(client, r.id)
+    got = await wait_stored(client, r.id)
     assert got.choices[0].message.content == r.choices[0].message.content
     assert got.usage == r.usage and got.model == r.model and got.created == r.created
     assert got.system_fingerprint == r.system_fingerprint
@@ -85,7 +75,7 @@ async def test_streamed_completions_are_stored_whole(served: tuple) -> None:
     )
     chunks = [c async for c in stream]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    got = await _stored(client, chunks[0].id)
+    got = await wait_stored(client, chunks[0].id)
     assert got.choices[0].message.content == text and got.choices[0].finish_reason == "length"
 
 
@@ -127,7 +117,7 @@ async def test_messages_are_listed_with_ids_and_content_parts(served: tuple) -> 
         {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]},
     ]
     r = await client.chat.completions.create(model="tiny", messages=messages, max_tokens=2, store=True)
-    await _stored(client, r.id)
+    await wait_stored(client, r.id)
     listed = [m async for m in client.chat.completions.messages.list(r.id, limit=1)]
     assert [m.id for m in listed] == [f"{r.id}-0", f"{r.id}-1"]
     assert listed[0].content == "Be brief." and listed[0].content_parts is None
