@@ -12,6 +12,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from server.api.schemas.request import ChatCompletionRequest
 from server.chat import aggregate
+from server.chat.templating import PART_SEPARATOR
 from server.storage.records import StoredCompletion
 
 # Request parameters kept with a stored completion (and shown on it, as OpenAI does).
@@ -103,7 +104,7 @@ def stored_messages(record: StoredCompletion) -> list[dict[str, Any]]:
         content = message.get("content")
         parts = content if isinstance(content, list) else None
         if parts is not None:
-            content = "\n".join(
+            content = PART_SEPARATOR.join(
                 p.get("text", "") or p.get("refusal", "") for p in parts if isinstance(p, dict)
             )
         item = {**message, "id": f"{record.id}-{index}", "content": content, "content_parts": parts}
