@@ -14,10 +14,13 @@ from fastapi.middleware.cors import CORSMiddleware
 import server
 from server.api import handlers
 from server.api.auth import authenticate, load_api_keys
+from server.api.lifecycle import DrainGate, Lifecycle
 from server.api.limits import BodyLimit
-from server.api.routes import chat, health, models, stored
+from server.api.observability import Observability
+from server.api.routes import chat, health, metrics, models, stored
 from server.chat.service import ChatService
 from server.config import ServerConfig
+from server.metrics import Metrics
 from server.models.registry import ModelRegistry
 from server.storage.records import CompletionStore
 from server.storage.sql_store import SqlCompletionStore
@@ -64,23 +67,43 @@ def create_app(
         summary="OpenAI-compatible Chat Completions for open-weight models",
         lifespan=lifespan,
     )
+    settings = config.server
+    lifecycle = Lifecycle()
+    app_metrics = Metrics(lambda: [(m.spec.id, m.engine.engine.stats) for m in registry.served()])
     app.state.registry = registry
     app.state.api_keys = api_keys
     app.state.store = store
     app.state.store_writer = writer
-    app.state.chat_service = ChatService(registry, writer, config.server.limits)
+    app.state.lifecycle = lifecycle
+    app.state.metrics = app_metrics
+    app.state.metrics_require_key = settings.metrics_require_key
+    app.state.chat_service = ChatService(
+        registry,
+        writer,
+        settings.limits,
+        request_timeout_s=settings.request_timeout_s,
+        metrics=app_metrics,
+        log_content=settings.log_content,
+    )
+    # Called by the CLI's server on SIGTERM.
+    app.state.drain = lambda: lifecycle.drain(settings.shutdown_timeout_s, registry.abort_all)
     handlers.install(app)
-    app.add_middleware(BodyLimit, max_bytes=config.server.limits.max_body_bytes)
-    if config.server.cors_origins:
+    # Middleware, innermost first: the last added sees a request first.
+    if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=config.server.cors_origins,
+            allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            expose_headers=["X-Request-Id"],
         )
+    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(DrainGate, lifecycle=lifecycle)
+    app.add_middleware(Observability, metrics=app_metrics)
     for module in (chat, stored, models):  # the API: a key is required when keys are configured
         app.include_router(module.router, dependencies=[Depends(authenticate)])
     app.include_router(health.router)
+    app.include_router(metrics.router)
     return app
 
 

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from server.config import ConfigError, ServerConfig, load_config
+from server.logs import configure_logging
 
 logger = logging.getLogger("server")
 
@@ -19,6 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-format", choices=["text", "json"], help="overrides server.log_format from the config"
+    )
     listing = sub.add_parser("models", help="list the models a config file declares")
     listing.add_argument("--config", default="models.yaml")
     prepare = sub.add_parser("prepare", help="load every model once (converting GGUF files into the cache)")
@@ -28,15 +32,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, getattr(args, "log_level", "info").upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    configure_logging(
+        getattr(args, "log_level", "info"), getattr(args, "log_format", None) or config.server.log_format
+    )
     if args.command == "models":
         return _list_models(config)
     if args.command == "prepare":
@@ -63,6 +66,7 @@ def _prepare(config: ServerConfig) -> int:
 def _serve(config: ServerConfig, host: str, port: int, log_level: str) -> int:
     import uvicorn
 
+    from server.api.lifecycle import GracefulServer
     from server.app import create_app
 
     failed = False
@@ -77,6 +81,16 @@ def _serve(config: ServerConfig, host: str, port: int, log_level: str) -> int:
     except ConfigError as exc:  # e.g. an API-keys file that cannot be read
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=True))
+    # Our own middleware writes the access log (with request ids); uvicorn's loggers go to ours.
+    uvicorn_config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=5,
+    )
+    server = GracefulServer(uvicorn_config, drain=app.state.drain)
     server.run()
     return 1 if failed else 0

@@ -77,6 +77,8 @@ class EngineSettings(_Strict):
     max_kv_tokens: Annotated[int, Field(ge=16)] | None = None  # default: max_running x context length
     max_batch_tokens: Annotated[int, Field(ge=16)] = 512
     max_waiting: Annotated[int, Field(ge=1)] = 256
+    # A request not admitted to the batch within this many seconds gets 429 (None: it waits on).
+    max_queue_wait_s: Annotated[float, Field(gt=0)] | None = 60.0
 
 
 class ModelSpec(_Strict):
@@ -116,6 +118,17 @@ class ServerSettings(_Strict):
     api_keys_file: str | None = None
     api_keys_env: str | None = None
     limits: RequestLimits = RequestLimits()
+    # A generation still running this many seconds after its request arrived is cut short: its
+    # choices end with finish_reason "length" (None: no limit).
+    request_timeout_s: Annotated[float, Field(gt=0)] | None = 600.0
+    # On SIGTERM: how long running generations may go on before they are cancelled.
+    shutdown_timeout_s: Annotated[float, Field(ge=0)] = 30.0
+    # GET /metrics needs an API key (any configured one) when true.
+    metrics_require_key: bool = False
+    # Log lines as plain text or one JSON object per line.
+    log_format: Literal["text", "json"] = "text"
+    # Debugging only: log every prompt and every generated text (never on by default).
+    log_content: bool = False
     # Browser origins allowed to call the API (CORS), e.g. ["https://app.example.com"]; none by default.
     cors_origins: list[str] = Field(default_factory=list)
 

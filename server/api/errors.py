@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -77,6 +78,10 @@ class ServiceUnavailable(APIError):
     code = "model_loading"
 
 
+class ShuttingDown(ServiceUnavailable):
+    code = "server_shutting_down"
+
+
 class InternalError(APIError):
     status = 500
     type = "server_error"
@@ -85,3 +90,12 @@ class InternalError(APIError):
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+async def send_error(send: Any, error: APIError, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """Answers with `error` straight from ASGI middleware (before any route has run)."""
+    payload = json.dumps(error.body()).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    head += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": [*head, *headers]})
+    await send({"type": "http.response.body", "body": payload})

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from server.api.errors import InvalidRequest
+from server.api.errors import InvalidRequest, send_error
 from server.api.schemas.request import ChatCompletionRequest
 from server.config import RequestLimits
 
@@ -53,13 +52,8 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send: Any) -> None:
-        error = BodyTooLarge(
-            f"The request body is larger than this server's limit of {self.max_bytes} bytes."
-        )
-        payload = json.dumps(error.body()).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-        await send({"type": "http.response.start", "status": error.status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+        message = f"The request body is larger than this server's limit of {self.max_bytes} bytes."
+        await send_error(send, BodyTooLarge(message))
 
 
 def check_limits(request: ChatCompletionRequest, limits: RequestLimits) -> None:

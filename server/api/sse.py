@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from pydantic import BaseModel
 
@@ -23,14 +23,22 @@ def error_event(error: APIError) -> bytes:
     return b"data: " + json.dumps(error.body()).encode() + b"\n\n"
 
 
-async def encode(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[bytes]:
-    """Frames every chunk; a failure mid-stream ends it with an error event, then [DONE]."""
+async def encode(
+    chunks: AsyncIterator[BaseModel], on_error: Callable[[APIError], None] | None = None
+) -> AsyncIterator[bytes]:
+    """Frames every chunk; a failure mid-stream ends it with an error event (also handed to
+    `on_error`), then [DONE]."""
+    error: APIError | None = None
     try:
         async for chunk in chunks:
             yield event(chunk)
     except APIError as exc:
-        yield error_event(exc)
+        error = exc
     except Exception:
         logger.exception("stream failed")
-        yield error_event(InternalError("The server failed while generating this response."))
+        error = InternalError("The server failed while generating this response.")
+    if error is not None:
+        if on_error is not None:
+            on_error(error)
+        yield error_event(error)
     yield DONE

@@ -13,12 +13,13 @@ from openai.types.chat import ChatCompletionChunk
 from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta, ChoiceLogprobs
 from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
 
-from server.api.errors import InternalError, RateLimited
+from server.api.errors import InternalError, RateLimited, ShuttingDown
 from server.api.limits import check_limits
 from server.api.schemas.request import ChatCompletionRequest
 from server.chat.assembler import ChoiceAssembler, Delta
 from server.chat.constraints import Constraint, build_constraint
 from server.chat.detokenizer import IncrementalDecoder
+from server.chat.observer import RequestObserver
 from server.chat.params import refuse_unsupported, sampling_params
 from server.chat.recording import record_builder, recorded
 from server.chat.tool_stream import ChoiceDeltas, ToolCallDeltas
@@ -26,6 +27,7 @@ from server.config import RequestLimits
 from server.constrained.mask import GrammarMask
 from server.engine.engine import EngineStream
 from server.engine.types import EngineRequest, FinishReason, QueueFull, StepOutput
+from server.metrics import Metrics
 from server.models.registry import ModelRegistry, ServedModel
 from server.storage.writer import StoreWriter
 
@@ -44,17 +46,37 @@ class _Header:
 
 class ChatStream:
     """The chunks of one chat completion. The last chunk always carries the usage (and no
-    choices); `for_client()` drops it unless the request asked for `include_usage`."""
+    choices); `for_client()` drops it unless the request asked for `include_usage`.
+
+    Nothing is produced before the request has its place in the batch: `admitted()` waits for that
+    and raises what refused it instead (429 once it waited past the queue's limit), so a stream's
+    status line can still tell."""
 
     def __init__(self, header: _Header, chunks: AsyncIterator[ChatCompletionChunk]) -> None:
         self.header = header
         self._chunks = chunks
+        self._first: ChatCompletionChunk | None = None
+        self._admitted = False
+
+    async def admitted(self) -> None:
+        if self._admitted:
+            return
+        self._admitted = True
+        self._first = await self._chunks.__anext__()  # the generator always yields at least one
 
     def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
-        return self._chunks
+        return self._all()
+
+    async def _all(self) -> AsyncIterator[ChatCompletionChunk]:
+        await self.admitted()
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        async for chunk in self._chunks:
+            yield chunk
 
     async def for_client(self) -> AsyncIterator[ChatCompletionChunk]:
-        async for chunk in self._chunks:
+        async for chunk in self:
             if chunk.usage is not None and not self.header.include_usage:
                 continue
             yield chunk
@@ -69,13 +91,21 @@ class ChatService:
         registry: ModelRegistry,
         store_writer: StoreWriter | None = None,
         limits: RequestLimits | None = None,
+        *,
+        request_timeout_s: float | None = None,
+        metrics: Metrics | None = None,
+        log_content: bool = False,
     ) -> None:
         self._registry = registry
         self._store_writer = store_writer
         self._limits = limits or RequestLimits()
+        self._request_timeout_s = request_timeout_s
+        self._metrics = metrics
+        self._log_content = log_content
 
     async def start(self, request: ChatCompletionRequest, project: str = "") -> ChatStream:
         """`project`: the caller's project (its API key's); stored completions belong to it."""
+        started = time.monotonic()
         check_limits(request, self._limits)
         served = self._registry.get(request.model)
         refuse_unsupported(request)
@@ -111,21 +141,26 @@ class ChatService:
             for _ in range(n)
         ]
         logger.info(
-            "%s: model=%s n=%d stream=%s prompt_tokens=%d max_tokens=%d user=%s",
+            "%s: model=%s n=%d stream=%s prompt_tokens=%d max_tokens=%d",
             header.id,
             header.model,
             n,
             bool(request.stream),
             len(prompt.token_ids),
             engine_requests[0].params.max_tokens,
-            request.user,
         )
+        if self._log_content:
+            logger.info("%s: prompt %r", header.id, prompt.text)
+        deadline = None if self._request_timeout_s is None else started + self._request_timeout_s
         try:
-            stream = served.engine.stream(engine_requests)
+            stream = served.engine.stream(engine_requests, deadline)
         except QueueFull as exc:
             raise RateLimited(f"The server is busy ({exc}); retry shortly.") from exc
         shapers = [_shaper(constraint) for _ in range(n)]
-        chunks = _generate(header, stream, assemblers, shapers, len(prompt.token_ids))
+        observer = RequestObserver(self._metrics, header.model, started, n)
+        chunks = _generate(header, stream, assemblers, shapers, len(prompt.token_ids), observer)
+        if self._log_content:
+            chunks = _logged(header.id, chunks)
         if request.store and self._store_writer is not None:
             writer = self._store_writer
             chunks = recorded(chunks, lambda seen: writer.submit(record_builder(request, seen, project)))
@@ -154,22 +189,27 @@ async def _generate(
     assemblers: list[ChoiceAssembler],
     shapers: list[ChoiceDeltas],
     prompt_tokens: int,
+    observer: RequestObserver,
 ) -> AsyncIterator[ChatCompletionChunk]:
+    """Nothing is yielded before the engine's first output: a refusal is raised before any chunk."""
     build = _ChunkBuilder(header)
     completion_tokens = [0] * len(assemblers)
     cached_tokens = 0
+    announced = False
     try:
-        for index in range(len(assemblers)):
-            yield build.choice(index, ChoiceDelta(role="assistant", content=""))
         async for index, out in stream:
-            if out.error is not None:
-                raise InternalError(f"Generation failed: {out.error}")
-            if out.prompt_tokens and index == 0:
-                cached_tokens = out.cached_tokens
             assembler = assemblers[index]
             delta, finish = _step(assembler, out)
+            if out.prompt_tokens and index == 0:
+                cached_tokens = out.cached_tokens
+                observer.admitted(out.prompt_tokens, out.cached_tokens)
+            if not announced:
+                announced = True
+                for choice in range(len(assemblers)):
+                    yield build.choice(choice, ChoiceDelta(role="assistant", content=""))
             if out.token is not None:
                 completion_tokens[index] += 1
+                observer.token(index)
             if delta.stopped:
                 stream.abort(index)
                 finish = "stop"
@@ -180,17 +220,24 @@ async def _generate(
             for position, choice_delta in enumerate(deltas):
                 yield build.choice(index, choice_delta, delta.logprobs if position == 0 else None)
             if finish is not None:
-                yield build.choice(index, ChoiceDelta(), finish_reason=shaper.finish_reason(finish))
+                reason = shaper.finish_reason(finish)
+                observer.finished("timeout" if out.finish_reason is FinishReason.TIMEOUT else reason)
+                yield build.choice(index, ChoiceDelta(), finish_reason=reason)
     finally:
         stream.close()
     yield build.usage(prompt_tokens, sum(completion_tokens), cached_tokens)
 
 
 def _step(assembler: ChoiceAssembler, out: StepOutput) -> tuple[Delta, str | None]:
-    """Feeds one engine output to the choice's assembler: its delta and finish reason, if any."""
+    """Feeds one engine output to the choice's assembler: its delta and finish reason, if any.
+    Raises for outputs that end the whole request (queue timeout, shutdown, engine failure)."""
     reason = out.finish_reason
+    if reason is FinishReason.QUEUE_TIMEOUT:
+        raise RateLimited("The server is busy: the request waited too long for a place; retry shortly.")
     if reason is FinishReason.ABORT:
-        raise InternalError("Generation was cancelled by the server.")
+        raise ShuttingDown("The server is shutting down; this generation was cancelled.")
+    if reason is FinishReason.ERROR or out.error is not None:
+        raise InternalError(f"Generation failed: {out.error}")
     delta = Delta()
     if out.token is not None and reason is not FinishReason.STOP:  # an EOS token has no text
         delta = assembler.feed(out.token)
@@ -198,7 +245,27 @@ def _step(assembler: ChoiceAssembler, out: StepOutput) -> tuple[Delta, str | Non
         return delta, None
     tail = assembler.finish()
     merged = Delta(delta.text + tail.text, delta.logprobs + tail.logprobs, tail.stopped)
+    # A request past its deadline (FinishReason.TIMEOUT) ends like one that ran out of tokens.
     return merged, "stop" if reason is FinishReason.STOP or tail.stopped else "length"
+
+
+async def _logged(
+    completion_id: str, chunks: AsyncIterator[ChatCompletionChunk]
+) -> AsyncIterator[ChatCompletionChunk]:
+    """`server.log_content`: the generated text of each choice, logged once it ends (debugging only)."""
+    texts: dict[int, list[str]] = {}
+    async for chunk in chunks:
+        for choice in chunk.choices:
+            if choice.delta.content:
+                texts.setdefault(choice.index, []).append(choice.delta.content)
+            if choice.finish_reason is not None:
+                logger.info(
+                    "%s: choice %d output %r",
+                    completion_id,
+                    choice.index,
+                    "".join(texts.pop(choice.index, [])),
+                )
+        yield chunk
 
 
 class _ChunkBuilder:

@@ -25,6 +25,7 @@ from server.engine.sequence import SeqState, Sequence
 from server.engine.types import (
     EngineConfig,
     EngineRequest,
+    EngineStats,
     FinishReason,
     SampledToken,
     StepOutput,
@@ -67,9 +68,11 @@ class Engine:
         self._incoming: list[list[Sequence]] = []
         self._queued = 0  # sequences submitted but not yet handed to the scheduler
         self._aborts: set[str] = set()
+        self._abort_everything = False
         self._stopped = False
         self._thread: threading.Thread | None = None
         self._by_id: dict[str, Sequence] = {}
+        self.stats = EngineStats()
 
     def start(self) -> None:
         """Starts the engine thread; returns once the model is loaded, or raises why it was not."""
@@ -100,12 +103,14 @@ class Engine:
     def submit(self, requests: list[EngineRequest], sink: Sink) -> None:
         """Queues the requests (the choices of one chat request) together; raises QueueFull."""
         seqs = []
+        now = time.monotonic()
         for request in requests:
             seq = Sequence(
                 request.request_id,
                 list(request.prompt_token_ids),
                 len(request.prompt_token_ids),
                 request.params,
+                enqueued_at=now,
             )
             # Its sampler (torch tensors) is made on the engine thread.
             seq.payload = _Consumer(sink, request.mask_fn)
@@ -121,6 +126,12 @@ class Engine:
             self._aborts.add(request_id)
             self._wake.notify()
 
+    def abort_all(self) -> None:
+        """Cancels every queued and running sequence (their consumers get FinishReason.ABORT)."""
+        with self._wake:
+            self._abort_everything = True
+            self._wake.notify()
+
     @property
     def num_running(self) -> int:
         return len(self.scheduler.running)
@@ -133,12 +144,19 @@ class Engine:
         scheduler = self.scheduler
         while True:
             with self._wake:
-                while not (self._stopped or self._incoming or self._aborts or scheduler.has_work()):
+                while not (
+                    self._stopped
+                    or self._incoming
+                    or self._aborts
+                    or self._abort_everything
+                    or scheduler.has_work()
+                ):
                     self._wake.wait()
                 if self._stopped:
                     break
                 incoming, self._incoming, self._queued = self._incoming, [], 0
                 aborts, self._aborts = self._aborts, set()
+                abort_everything, self._abort_everything = self._abort_everything, False
             for seqs in incoming:
                 for seq in seqs:
                     seq.payload.sampler = SequenceSampler(
@@ -146,10 +164,14 @@ class Engine:
                     )
                     self._by_id[seq.request_id] = seq
                 scheduler.add(seqs)
+            if abort_everything:
+                aborts.update(self._by_id)
             for request_id in aborts:
                 seq = self._by_id.get(request_id)
                 if seq is not None:
                     self._finish(seq, FinishReason.ABORT)
+            for seq in scheduler.overdue(time.monotonic()):
+                self._finish(seq, FinishReason.QUEUE_TIMEOUT, "waited too long for a place in the batch")
             if scheduler.has_work():
                 try:
                     self._step()
@@ -157,9 +179,22 @@ class Engine:
                     logger.exception("engine step failed; failing the requests in flight")
                     for seq in list(self._by_id.values()):
                         self._finish(seq, FinishReason.ERROR, "the engine failed on this step")
+            self._publish_stats()
         for seq in list(self._by_id.values()):
             self._finish(seq, FinishReason.ABORT)
         self.runner.cache.release()
+
+    def _publish_stats(self) -> None:
+        scheduler, cache = self.scheduler, self.runner.cache
+        self.stats = EngineStats(
+            running=len(scheduler.running),
+            waiting=len(scheduler.waiting),
+            kv_tokens_used=sum(s.num_computed for s in scheduler.running),
+            kv_tokens_allocated=cache.num_slots * cache.capacity,
+            kv_bytes_allocated=cache.num_slots * cache.capacity * cache.bytes_per_token,
+            kv_tokens_budget=self.config.max_kv_tokens,
+            preemptions=scheduler.preemptions,
+        )
 
     def _step(self) -> None:
         plan = self.scheduler.schedule()
@@ -230,13 +265,16 @@ class Engine:
 class EngineStream:
     """The merged outputs of the engine requests of one chat request (its `n` choices).
 
-    Iterating yields `(index, StepOutput)` until every request has finished or been aborted.
-    `close()` aborts whatever is still running; it is safe to call more than once.
+    Iterating yields `(index, StepOutput)` until every request has finished or been aborted. Once
+    `deadline` (a `time.monotonic()` value) has passed, each choice still open is aborted and yields
+    one output with `FinishReason.TIMEOUT`. `close()` aborts whatever is still running; it is safe
+    to call more than once.
     """
 
-    def __init__(self, engine: Engine, requests: list[EngineRequest]) -> None:
+    def __init__(self, engine: Engine, requests: list[EngineRequest], deadline: float | None = None) -> None:
         self._engine = engine
         self._requests = requests
+        self._deadline = deadline
         self._index = {r.request_id: i for i, r in enumerate(requests)}
         self._open = set(range(len(requests)))
         self._queue: asyncio.Queue[StepOutput] = asyncio.Queue()
@@ -253,7 +291,11 @@ class EngineStream:
 
     async def __anext__(self) -> tuple[int, StepOutput]:
         while self._open:
-            out = await self._queue.get()
+            out = await self._next_output()
+            if out is None:  # past the deadline
+                index = min(self._open)
+                self.abort(index)
+                return index, StepOutput(self._requests[index].request_id, None, FinishReason.TIMEOUT)
             index = self._index[out.request_id]
             if index not in self._open:
                 continue  # late output of a request already aborted
@@ -261,6 +303,20 @@ class EngineStream:
                 self._open.discard(index)
             return index, out
         raise StopAsyncIteration
+
+    async def _next_output(self) -> StepOutput | None:
+        """The next output, or None once the deadline has passed."""
+        if self._deadline is None:
+            return await self._queue.get()
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        try:
+            return await asyncio.wait_for(self._queue.get(), remaining)
+        except asyncio.TimeoutError:
+            return None
 
     def abort(self, index: int) -> None:
         if index in self._open:
@@ -278,6 +334,6 @@ class AsyncEngine:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def stream(self, requests: list[EngineRequest]) -> EngineStream:
+    def stream(self, requests: list[EngineRequest], deadline: float | None = None) -> EngineStream:
         """Raises QueueFull when the engine's waiting queue cannot take the requests."""
-        return EngineStream(self.engine, requests)
+        return EngineStream(self.engine, requests, deadline)

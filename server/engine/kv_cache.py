@@ -66,8 +66,7 @@ class SlotKVCache:
 
     @property
     def bytes_per_token(self) -> int:
-        element = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * self.num_layers * self.kv_heads * self.head_dim * element
+        return 2 * self.num_layers * self.kv_heads * self.head_dim * self.dtype.itemsize
 
     def resize(self, num_slots: int, capacity: int) -> None:
         """Reallocates to [num_slots, capacity], keeping what fits of slots and tokens already held."""

@@ -83,6 +83,14 @@ class Scheduler:
             self.waiting.remove(seq)
         seq.state = SeqState.FINISHED
 
+    def overdue(self, now: float) -> list[Sequence]:
+        """Waiting sequences never admitted within `max_queue_wait_s` of being submitted (a preempted
+        sequence has been admitted: it is never overdue)."""
+        limit = self.config.max_queue_wait_s
+        if limit is None:
+            return []
+        return [s for s in self.waiting if s.never_admitted and now - s.enqueued_at > limit]
+
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 

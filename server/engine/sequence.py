@@ -22,6 +22,7 @@ class Sequence:
     num_prompt: int
     params: SamplingParams
     arrival: int = 0
+    enqueued_at: float = 0.0  # time.monotonic() when it was submitted
     state: SeqState = SeqState.WAITING
     slot: int | None = None
     num_computed: int = 0  # leading tokens whose keys and values are in the slot
@@ -32,6 +33,10 @@ class Sequence:
     @property
     def generated(self) -> int:
         return len(self.token_ids) - self.num_prompt
+
+    @property
+    def never_admitted(self) -> bool:
+        return self.state is SeqState.WAITING and self.preemptions == 0 and self.num_computed == 0
 
     @property
     def pending(self) -> int:

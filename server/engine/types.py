@@ -16,7 +16,9 @@ TokenMaskFn = Callable[[list[int]], torch.Tensor | None]
 class FinishReason(enum.Enum):
     STOP = "stop"  # an end-of-sequence token (stop strings are the chat layer's business)
     LENGTH = "length"  # max_tokens reached
-    ABORT = "abort"  # cancelled by the caller
+    ABORT = "abort"  # cancelled by the caller, or by the engine stopping
+    QUEUE_TIMEOUT = "queue_timeout"  # waited longer than `max_queue_wait_s` without being admitted
+    TIMEOUT = "timeout"  # the request's deadline passed (set by `EngineStream`, never by the engine)
     ERROR = "error"  # the engine failed on this request
 
 
@@ -76,8 +78,22 @@ class EngineConfig:
     max_kv_tokens: int = 131072  # slots x per-slot capacity never exceeds this
     max_batch_tokens: int = 512  # tokens per forward pass; long prompts are read in chunks of this
     max_waiting: int = 256  # queued sequences beyond this are refused (HTTP 429)
+    max_queue_wait_s: float | None = 60.0  # a sequence never admitted within this is refused (HTTP 429)
     min_capacity: int = 256  # first per-slot capacity; doubles as sequences grow
     context_length: int = 8192  # no sequence is longer
+
+
+@dataclass(slots=True, frozen=True)
+class EngineStats:
+    """A snapshot the engine publishes after every pass (read from other threads, e.g. /metrics)."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_tokens_used: int = 0  # tokens whose keys and values the running sequences hold
+    kv_tokens_allocated: int = 0  # slots x capacity of the cache as allocated now
+    kv_bytes_allocated: int = 0
+    kv_tokens_budget: int = 0  # max_kv_tokens
+    preemptions: int = 0  # since start
 
 
 class QueueFull(Exception):

@@ -83,6 +83,11 @@ class ModelRegistry:
             raise
         self._ready.set()
 
+    def abort_all(self) -> None:
+        """Cancels every generation queued or running, on every model."""
+        for served in self._models.values():
+            served.engine.engine.abort_all()
+
     def shutdown(self) -> None:
         for served in self._models.values():
             served.engine.engine.stop()
@@ -148,6 +153,7 @@ def _engine_config(spec: ModelSpec, context_length: int) -> EngineConfig:
         max_kv_tokens=max_kv_tokens,
         max_batch_tokens=settings.max_batch_tokens,
         max_waiting=settings.max_waiting,
+        max_queue_wait_s=settings.max_queue_wait_s,
         min_capacity=min(256, context_length),
         # One sequence may use the whole KV budget, never more.
         context_length=min(context_length, max_kv_tokens),

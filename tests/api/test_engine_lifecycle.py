@@ -2,6 +2,7 @@
 
 import asyncio
 
+import pytest
 from fastapi import FastAPI
 
 from server.api.schemas.request import ChatCompletionRequest
@@ -49,7 +50,8 @@ async def test_stop_string_aborts_the_sequence(tiny_app: FastAPI, client) -> Non
 async def test_non_stream_request_stops_when_the_client_disconnects(tiny_app: FastAPI) -> None:
     from starlette.requests import Request
 
-    from server.api.routes.chat import _fold_unless_disconnected
+    from server.api.routes.chat import _ClientGone, _unless_disconnected
+    from server.chat import aggregate
 
     engine = tiny_app.state.registry.get("tiny").engine.engine
     request = ChatCompletionRequest.model_validate(
@@ -62,7 +64,8 @@ async def test_non_stream_request_stops_when_the_client_disconnects(tiny_app: Fa
         return {"type": "http.disconnect"}
 
     http_request = Request({"type": "http", "method": "POST", "headers": []}, receive)
-    assert await _fold_unless_disconnected(stream, http_request) is None
+    with pytest.raises(_ClientGone):
+        await _unless_disconnected(aggregate.fold(stream), http_request)
     assert await _wait_idle(engine)
 
 

@@ -24,7 +24,7 @@ def run(scheduler: Scheduler) -> StepPlan:
     return plan
 
 
-def config(**overrides: int) -> EngineConfig:
+def config(**overrides: float | None) -> EngineConfig:
     base = dict(max_running=4, max_kv_tokens=4 * 1024, max_batch_tokens=64, max_waiting=8, min_capacity=64)
     return EngineConfig(**{**base, **overrides}, context_length=1024)
 
@@ -67,6 +67,20 @@ def test_queue_full_refuses_whole_request() -> None:
     with pytest.raises(QueueFull):
         s.check_room(len(s.waiting), 2)
     s.check_room(len(s.waiting), 1)
+
+
+def test_only_never_admitted_sequences_become_overdue() -> None:
+    s = Scheduler(config(max_running=1, max_queue_wait_s=10.0))
+    running, fresh, late = seq("running", 4), seq("fresh", 4, 2000), seq("late", 4, 3000)
+    for item, submitted in ((running, 0.0), (fresh, 95.0), (late, 80.0)):
+        item.enqueued_at = submitted
+        s.add([item])
+    run(s)
+    assert running.state is SeqState.RUNNING
+    assert s.overdue(now=100.0) == [late]  # waited 20 s; `fresh` waited 5 s
+    s._preempt(running)  # a preempted sequence was admitted once: it is never refused afterwards
+    assert s.overdue(now=1000.0) == [fresh, late]
+    assert Scheduler(config(max_queue_wait_s=None)).overdue(now=1e9) == []
 
 
 def test_finished_sequence_frees_its_slot_at_once() -> None:

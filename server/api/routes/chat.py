@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from openai.types.chat import ChatCompletion
 
 from server.api import sse
+from server.api.observability import note_error
 from server.api.schemas.request import ChatCompletionRequest
 from server.chat import aggregate
-from server.chat.service import ChatService, ChatStream
+from server.chat.service import ChatService
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -22,34 +26,47 @@ router = APIRouter()
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     service: ChatService = request.app.state.chat_service
+    # A metrics label: only configured ids, so clients cannot grow the label set.
+    request.state.model = body.model if body.model in request.app.state.registry.configured_ids else ""
     stream = await service.start(body, project=request.state.project)
     if body.stream:
+        # The status line waits for the request's place in the batch: a refusal is still a 429.
+        try:
+            await _unless_disconnected(stream.admitted(), request)
+        except _ClientGone:
+            return Response(status_code=499)
         return StreamingResponse(
-            sse.encode(stream.for_client()),
+            sse.encode(stream.for_client(), on_error=lambda error: note_error(request, error)),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    completion = await _fold_unless_disconnected(stream, request)
-    if completion is None:
+    try:
+        completion = await _unless_disconnected(aggregate.fold(stream), request)
+    except _ClientGone:
         return Response(status_code=499)  # nobody is there to read it
     return Response(completion.model_dump_json(exclude_unset=True), media_type="application/json")
 
 
-async def _fold_unless_disconnected(stream: ChatStream, request: Request) -> ChatCompletion | None:
-    """Builds the whole completion, but stops generating as soon as the client goes away."""
-    folding = asyncio.ensure_future(aggregate.fold(stream))
+class _ClientGone(Exception):
+    pass
+
+
+async def _unless_disconnected(work: Awaitable[T], request: Request) -> T:
+    """Awaits `work`, but cancels it (and so stops its generation) as soon as the client goes away
+    (then raises _ClientGone); what `work` raises propagates."""
+    working = asyncio.ensure_future(work)
     watching = asyncio.ensure_future(_wait_for_disconnect(request))
     try:
-        await asyncio.wait({folding, watching}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({working, watching}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watching.cancel()
-    if folding.done():
-        return folding.result()
-    folding.cancel()
+    if working.done():
+        return working.result()
+    working.cancel()
     with contextlib.suppress(asyncio.CancelledError):
-        await folding
+        await working
     logger.info("client disconnected; generation stopped")
-    return None
+    raise _ClientGone
 
 
 async def _wait_for_disconnect(request: Request) -> None:

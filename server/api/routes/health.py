@@ -1,4 +1,4 @@
-"""GET /health: 200 once every model is loaded, 503 before (or if loading failed)."""
+"""GET /health: 200 once every model is loaded; 503 before, if loading failed, or while draining."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ router = APIRouter()
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
     registry: ModelRegistry = request.app.state.registry
+    if request.app.state.lifecycle.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
     if registry.ready:
         return JSONResponse({"status": "ok", "models": registry.configured_ids})
     if registry.failure:

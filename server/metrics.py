@@ -1,0 +1,108 @@
+"""Prometheus metrics: one registry per app, read by `GET /metrics`.
+
+Request counters and latencies are recorded as requests go by; the engines' state (running and
+waiting sequences, KV memory) is read from each engine's published snapshot when scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from server.engine.types import EngineStats
+
+PREFIX = "openweights"
+# Seconds: from tens of milliseconds (a GPU decode step) to minutes (a long prompt on a busy CPU).
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+TOKEN_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0)
+
+EngineStatsSource = Callable[[], Iterable[tuple[str, EngineStats]]]
+
+
+class Metrics:
+    def __init__(self, engine_stats: EngineStatsSource) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            f"{PREFIX}_http_requests",
+            "HTTP requests answered, by route template, status and model",
+            ["method", "route", "status", "model"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "Time from a request's arrival to the end of its response (a stream's last byte)",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            f"{PREFIX}_errors",
+            "Error responses and stream error events, by OpenAI error type and code",
+            ["type", "code"],
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            f"{PREFIX}_time_to_first_token_seconds",
+            "Time from a chat request's arrival to each choice's first generated token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inter_token_latency = Histogram(
+            f"{PREFIX}_inter_token_latency_seconds",
+            "Time between consecutive generated tokens of a choice",
+            ["model"],
+            buckets=TOKEN_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            f"{PREFIX}_prompt_tokens", "Prompt tokens of admitted requests", ["model"], registry=r
+        )
+        self.cached_prompt_tokens = Counter(
+            f"{PREFIX}_cached_prompt_tokens", "Prompt tokens whose KV was reused", ["model"], registry=r
+        )
+        self.generation_tokens = Counter(
+            f"{PREFIX}_generation_tokens", "Tokens generated", ["model"], registry=r
+        )
+        self.choices_finished = Counter(
+            f"{PREFIX}_choices_finished",
+            "Choices that ended, by reason (stop, length, tool_calls, timeout, ...)",
+            ["model", "reason"],
+            registry=r,
+        )
+        r.register(_EngineCollector(engine_stats))
+
+
+class _EngineCollector(Collector):
+    def __init__(self, source: EngineStatsSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        gauges = {
+            "running": ("running_sequences", "Sequences in the running batch"),
+            "waiting": ("waiting_sequences", "Sequences waiting for a place in the batch (queue depth)"),
+            "kv_tokens_used": ("kv_cache_used_tokens", "Tokens held in the KV cache by running sequences"),
+            "kv_tokens_allocated": (
+                "kv_cache_allocated_tokens",
+                "Token capacity of the KV cache as allocated",
+            ),
+            "kv_bytes_allocated": ("kv_cache_allocated_bytes", "Memory of the KV cache as allocated"),
+            "kv_tokens_budget": ("kv_cache_budget_tokens", "The configured KV budget (max_kv_tokens)"),
+        }
+        families = {
+            field: GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=["model"])
+            for field, (name, doc) in gauges.items()
+        }
+        preemptions = CounterMetricFamily(
+            f"{PREFIX}_preemptions", "Running sequences preempted for lack of KV memory", labels=["model"]
+        )
+        for model, stats in self._source():
+            for field, family in families.items():
+                family.add_metric([model], getattr(stats, field))
+            preemptions.add_metric([model], stats.preemptions)
+        yield from families.values()
+        yield preemptions
