@@ -7,6 +7,8 @@ import ast
 import json
 from typing import Any
 
+import regex
+
 from server.constrained.json_schema import lark_json
 from server.parsers.base import SpecialTokenLookup, ToolCallParser, merge
 from server.parsers.events import CallGrammar, ParseEvent, ToolCallArguments, ToolSpec
@@ -40,9 +42,10 @@ class PythonicParser(ToolCallParser):
         end = _list_end(self._buf)
         if end is None:
             return []
-        listing, self._buf = self._buf[:end], self._buf[end:]
+        listing, after = self._buf[:end], self._buf[end:]
+        self._buf = ""
         self._in_list, self._decided = False, True
-        return merge(self._calls(listing) + ([self._buf] if self._buf else []))
+        return merge(self._calls(listing) + ([after] if after else []))
 
     def finish(self) -> list[ParseEvent]:
         out, self._buf = self._buf, ""
@@ -113,20 +116,41 @@ def _list_end(text: str) -> int | None:
 
 
 def _parse_calls(listing: str) -> list[tuple[str, dict[str, Any]]]:
-    tree = ast.parse(listing, mode="eval").body
+    source, names = _names_aliased(listing)
+    tree = ast.parse(source, mode="eval").body
     if not isinstance(tree, ast.List):
         raise ValueError("not a list")
     calls = []
     for node in tree.elts:
         if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.args:
             raise ValueError("not a call with keyword arguments")
-        calls.append((node.func.id, {kw.arg: _literal(kw.value) for kw in node.keywords if kw.arg}))
+        arguments = {names.get(kw.arg, kw.arg): _literal(kw.value) for kw in node.keywords if kw.arg}
+        calls.append((names.get(node.func.id, node.func.id), arguments))
     return calls
+
+
+# A string literal (either quote), or a call or parameter name: `name(` or `name=` (not `==`).
+_STRING = regex.compile(r"""("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')""")
+_NAME = regex.compile(r"((?:[^\W\d]|-)[\w\-.]*)(\s*)(\(|=(?!=))")
+
+
+def _names_aliased(listing: str) -> tuple[str, dict[str, str]]:
+    """Function and parameter names are whatever the tools declare (`get-weather`, `from`, `class`,
+    non-ASCII letters Python would normalize); Python's parser sees plain aliases (alias -> name)."""
+    aliases: dict[str, str] = {}
+
+    def alias(match: regex.Match[str]) -> str:
+        name = f"_ow_{len(aliases)}"
+        aliases[name] = match.group(1)
+        return name + match.group(2) + match.group(3)
+
+    parts = _STRING.split(listing)  # odd indices are string literals: left as they are
+    return "".join(_NAME.sub(alias, p) if i % 2 == 0 else p for i, p in enumerate(parts)), aliases
 
 
 def _literal(node: ast.AST) -> Any:
     if isinstance(node, ast.Constant):
-        return node.value
+        return _joined_surrogates(node.value) if isinstance(node.value, str) else node.value
     if isinstance(node, ast.Name) and node.id in _NAMES:
         return _NAMES[node.id]
     if isinstance(node, ast.List | ast.Tuple):
@@ -140,3 +164,12 @@ def _literal(node: ast.AST) -> Any:
         if isinstance(value, int | float):
             return -value
     raise ValueError(f"not a literal: {ast.dump(node)}")
+
+
+def _joined_surrogates(text: str) -> str:
+    """JSON-style escapes of a character beyond the BMP (`"\\ud83d\\ude00"`, which the grammar
+    allows) are two lone surrogates to Python: join each pair into its character, and make a lone
+    one U+FFFD (it could not be sent as UTF-8)."""
+    if not any("\ud800" <= ch <= "\udfff" for ch in text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")

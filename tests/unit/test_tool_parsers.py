@@ -111,6 +111,8 @@ CASES: list[tuple[type[ToolCallParser], str, str, list[tuple[str, dict]]]] = [
         [("a", {"flag": True, "none": None, "neg": -2}), ("b", {"x": {"k": False}})],
     ),
     (PythonicParser, "Paris is sunny [citation needed].", "Paris is sunny [citation needed].", []),
+    # Text after the list, arriving in the same piece as its end, comes out once (found by hypothesis).
+    (PythonicParser, '[get_weather(city="Paris")] Done.', " Done.", [("get_weather", {"city": "Paris"})]),
     (PythonicParser, "[1, 2, 3]", "[1, 2, 3]", []),
     (PythonicParser, "[get_weather(city=", "[get_weather(city=", []),
 ]
@@ -170,3 +172,20 @@ def test_parser_is_chosen_from_the_template(template: str, expected: type[ToolCa
 
 def test_models_yaml_can_override_the_parser() -> None:
     assert parser_for_template("... <tool_call> ...", "mistral") is MistralParser
+
+
+def test_pythonic_values_with_json_surrogate_escapes_become_whole_characters() -> None:
+    """The grammar lets a model escape an emoji JSON-style, as a surrogate pair; Python's parser
+    keeps the halves apart, and a lone half cannot be sent as UTF-8 (found by hypothesis)."""
+    events = PythonicParser.parse('[f(a="\\ud83d\\ude00 x", b="\\ud83d")]')
+    assert calls(events) == [("f", {"a": "😀 x", "b": "\ufffd"})]
+
+
+def test_pythonic_names_python_cannot_parse() -> None:
+    """Tools may be named `get-weather`, parameters `from` or `class` or `º` (which Python would
+    read as `o`): the grammar writes them as declared, so the parser must read them back."""
+    events = PythonicParser.parse('[book(from="Paris", to="a=b(", class="eco"), get-weather(º=None)]')
+    assert calls(events) == [
+        ("book", {"from": "Paris", "to": "a=b(", "class": "eco"}),
+        ("get-weather", {"º": None}),
+    ]
