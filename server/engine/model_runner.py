@@ -53,7 +53,8 @@ class ModelRunner:
             input_ids=torch.tensor([ids], device=self.device),
             position_ids=torch.tensor([positions], device=self.device),
             use_cache=False,
-            logits_to_keep=torch.tensor(sample_at, device=self.device),
+            # int64 even when empty: a step may only read prompt chunks and sample nothing.
+            logits_to_keep=torch.tensor(sample_at, dtype=torch.long, device=self.device),
             **{kv_cache.BATCH_KWARG: layout},
         )
         return out.logits[0].float().cpu()

@@ -173,3 +173,14 @@ async def test_full_queue_answers_429(tiny_model_dir: Path, tmp_path: Path) -> N
         else:
             raise AssertionError("expected 429")
         assert await first and await second  # the queued requests are still served
+
+
+async def test_a_long_prompt_alone_is_read_in_chunks(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """With nothing else running, the first steps only read prompt chunks and sample nothing (an
+    empty sampling index once failed the step; found by scripts/soak.py)."""
+    async with serving(tiny_model_dir, tmp_path, "max_batch_tokens: 16") as (_, client):
+        prompt = " ".join(PROMPTS) * 2
+        chunked = await _text(client, prompt, max_tokens=5, temperature=0)
+    (tmp_path / "whole").mkdir()
+    async with serving(tiny_model_dir, tmp_path / "whole", "max_batch_tokens: 512") as (_, client):
+        assert await _text(client, prompt, max_tokens=5, temperature=0) == chunked
