@@ -17,6 +17,39 @@ from server.storage.records import CompletionStore, ListQuery, StoredCompletion
 router = APIRouter()
 MAX_LIMIT = 100
 
+# The query parameters are read by hand (for OpenAI's error messages); they are declared here so
+# that the OpenAPI document describes them.
+_PAGE_PARAMETERS = [
+    {
+        "name": "after",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "the last id of the previous page",
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 20},
+    },
+    {"name": "order", "in": "query", "schema": {"type": "string", "enum": ["asc", "desc"], "default": "asc"}},
+]
+_LIST_PARAMETERS = [
+    *_PAGE_PARAMETERS,
+    {"name": "model", "in": "query", "schema": {"type": "string"}},
+    {
+        "name": "metadata",
+        "in": "query",
+        "style": "deepObject",
+        "explode": True,
+        "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+        "description": "metadata[key]=value pairs the completions must all have",
+    },
+]
+_UPDATE_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": MetadataUpdate.model_json_schema()}},
+}
+
 
 def _store(request: Request) -> CompletionStore:
     return request.app.state.store
@@ -33,7 +66,7 @@ async def _found(request: Request, completion_id: str) -> StoredCompletion:
     return record
 
 
-@router.get("/v1/chat/completions")
+@router.get("/v1/chat/completions", openapi_extra={"parameters": _LIST_PARAMETERS})
 async def list_chat_completions(request: Request) -> JSONResponse:
     params = request.query_params
     metadata = tuple(
@@ -58,7 +91,7 @@ async def retrieve_chat_completion(completion_id: str, request: Request) -> JSON
     return JSONResponse(stored_object(await _found(request, completion_id)))
 
 
-@router.get("/v1/chat/completions/{completion_id}/messages")
+@router.get("/v1/chat/completions/{completion_id}/messages", openapi_extra={"parameters": _PAGE_PARAMETERS})
 async def list_chat_completion_messages(completion_id: str, request: Request) -> JSONResponse:
     record = await _found(request, completion_id)
     params = request.query_params
@@ -75,7 +108,7 @@ async def list_chat_completion_messages(completion_id: str, request: Request) ->
     return _list(items[:limit], len(items) > limit)
 
 
-@router.post("/v1/chat/completions/{completion_id}")
+@router.post("/v1/chat/completions/{completion_id}", openapi_extra={"requestBody": _UPDATE_BODY})
 async def update_chat_completion(completion_id: str, request: Request) -> JSONResponse:
     try:
         body = MetadataUpdate.model_validate_json(await request.body())
