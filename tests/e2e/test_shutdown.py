@@ -40,7 +40,7 @@ def _stream(base: str, max_tokens: int, events: list[dict | str], first: threadi
 
 def test_sigterm_drains_then_exits_zero(tmp_path: Path) -> None:
     config = config_with_store(tmp_path, f"sqlite:///{tmp_path / 'store.sqlite3'}")
-    config.write_text(config.read_text() + f"  shutdown_timeout_s: {DEADLINE_S}\n")
+    config.write_text(config.read_text() + f"  shutdown_timeout_s: {DEADLINE_S}\n  log_format: json\n")
     port, log = free_port(), tmp_path / "server.log"
     process = start_server(config, port, log)
     base = f"http://127.0.0.1:{port}"
@@ -84,6 +84,12 @@ def test_sigterm_drains_then_exits_zero(tmp_path: Path) -> None:
         assert isinstance(error, dict) and error["error"]["code"] == "server_shutting_down"
         assert process.wait(timeout=60) == 0
         assert time.monotonic() - signalled < DEADLINE_S + 30
+        # JSON log lines: one access line per request, with its id; uvicorn's own lines too.
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        access = [line for line in lines if line["logger"] == "server.access"]
+        assert any(a["status"] == 503 and a["path"] == "/health" and a["request_id"] for a in access)
+        assert any(a["status"] == 200 and a["route"] == "/v1/chat/completions" for a in access)
+        assert any(line["logger"].startswith("uvicorn") for line in lines)
     finally:
         if process.poll() is None:
             process.kill()
