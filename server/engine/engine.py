@@ -274,10 +274,10 @@ class EngineStream:
     def __init__(self, engine: Engine, requests: list[EngineRequest], deadline: float | None = None) -> None:
         self._engine = engine
         self._requests = requests
-        self._deadline = deadline
         self._index = {r.request_id: i for i, r in enumerate(requests)}
         self._open = set(range(len(requests)))
         self._queue: asyncio.Queue[StepOutput] = asyncio.Queue()
+        self._expired = False
         loop = asyncio.get_running_loop()
 
         def sink(out: StepOutput) -> None:
@@ -285,14 +285,22 @@ class EngineStream:
                 loop.call_soon_threadsafe(self._queue.put_nowait, out)
 
         engine.submit(requests, sink)
+        # One timer per request, not a timeout per awaited token; it wakes a waiting reader.
+        self._timer = (
+            None if deadline is None else loop.call_later(max(0.0, deadline - time.monotonic()), self._expire)
+        )
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._queue.put_nowait(_DEADLINE)
 
     def __aiter__(self) -> EngineStream:
         return self
 
     async def __anext__(self) -> tuple[int, StepOutput]:
         while self._open:
-            out = await self._next_output()
-            if out is None:  # past the deadline
+            out = _DEADLINE if self._expired else await self._queue.get()
+            if out is _DEADLINE:
                 index = min(self._open)
                 self.abort(index)
                 return index, StepOutput(self._requests[index].request_id, None, FinishReason.TIMEOUT)
@@ -302,21 +310,8 @@ class EngineStream:
             if out.finish_reason is not None:
                 self._open.discard(index)
             return index, out
+        self.close()
         raise StopAsyncIteration
-
-    async def _next_output(self) -> StepOutput | None:
-        """The next output, or None once the deadline has passed."""
-        if self._deadline is None:
-            return await self._queue.get()
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        if not self._queue.empty():
-            return self._queue.get_nowait()
-        try:
-            return await asyncio.wait_for(self._queue.get(), remaining)
-        except asyncio.TimeoutError:
-            return None
 
     def abort(self, index: int) -> None:
         if index in self._open:
@@ -324,8 +319,15 @@ class EngineStream:
             self._engine.abort(self._requests[index].request_id)
 
     def close(self) -> None:
+        """Aborts what still runs; drops the deadline timer (which would keep this stream alive)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for index in list(self._open):
             self.abort(index)
+
+
+_DEADLINE = StepOutput("", None)  # queued when the deadline passes
 
 
 class AsyncEngine:
