@@ -69,7 +69,7 @@ def create_app(
     )
     settings = config.server
     lifecycle = Lifecycle()
-    app_metrics = Metrics(lambda: [(m.spec.id, m.engine.engine.stats) for m in registry.served()])
+    app_metrics = Metrics(lambda: [(m.spec.id, m.engine.engine.stats) for m in registry.served()], writer)
     app.state.registry = registry
     app.state.api_keys = api_keys
     app.state.store = store

@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from server.engine.types import EngineStats
+from server.storage.writer import StoreWriter
 
 PREFIX = "openweights"
 # Seconds: from tens of milliseconds (a GPU decode step) to minutes (a long prompt on a busy CPU).
@@ -23,7 +24,7 @@ EngineStatsSource = Callable[[], Iterable[tuple[str, EngineStats]]]
 
 
 class Metrics:
-    def __init__(self, engine_stats: EngineStatsSource) -> None:
+    def __init__(self, engine_stats: EngineStatsSource, store_writer: StoreWriter | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -75,6 +76,8 @@ class Metrics:
             registry=r,
         )
         r.register(_EngineCollector(engine_stats))
+        if store_writer is not None:
+            r.register(_StoreCollector(store_writer))
 
 
 class _EngineCollector(Collector):
@@ -106,3 +109,22 @@ class _EngineCollector(Collector):
             preemptions.add_metric([model], stats.preemptions)
         yield from families.values()
         yield preemptions
+
+
+class _StoreCollector(Collector):
+    """`store: true` writes happen after the response, on the writer thread: their outcome is only
+    visible here (and in the log)."""
+
+    def __init__(self, writer: StoreWriter) -> None:
+        self._writer = writer
+
+    def collect(self) -> Iterator[Metric]:
+        writes = CounterMetricFamily(
+            f"{PREFIX}_store_writes", "Stored completions written, or failed to write", labels=["result"]
+        )
+        writes.add_metric(["written"], self._writer.written)
+        writes.add_metric(["failed"], self._writer.failed)
+        yield writes
+        yield GaugeMetricFamily(
+            f"{PREFIX}_store_pending", "Completions waiting to be written", value=self._writer.pending
+        )

@@ -188,3 +188,9 @@ async def test_a_failing_store_never_fails_the_response(tiny_model_dir: Path, tm
                 break
             await asyncio.sleep(0.02)
         assert writer.failed == 1 and writer.written == 0
+        # ... and the failure shows where operators look.
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            scraped = (await http.get("/metrics")).text
+        assert 'openweights_store_writes_total{result="failed"} 1.0' in scraped
+        assert 'openweights_store_writes_total{result="written"} 0.0' in scraped
+        assert "openweights_store_pending 0.0" in scraped
