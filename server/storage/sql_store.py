@@ -49,10 +49,6 @@ _metadata_pairs = sa.Table(
 )
 
 
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{path}"
-
-
 class SqlCompletionStore:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -161,7 +157,6 @@ def _engine(url: str) -> Engine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
         cursor.execute("PRAGMA synchronous=FULL")  # a commit survives a crash (kill -9, power loss)
-        cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
     return engine

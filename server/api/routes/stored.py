@@ -62,7 +62,7 @@ def _project(request: Request) -> str:
 async def _found(request: Request, completion_id: str) -> StoredCompletion:
     record = await asyncio.to_thread(_store(request).get, completion_id, _project(request))
     if record is None:
-        raise NotFound(f"No chat completion found with id '{completion_id}'.", param="completion_id")
+        raise _not_found(completion_id)
     return record
 
 
@@ -120,7 +120,7 @@ async def update_chat_completion(completion_id: str, request: Request) -> JSONRe
         _store(request).update_metadata, completion_id, _project(request), body.metadata or {}
     )
     if updated is None:
-        raise NotFound(f"No chat completion found with id '{completion_id}'.", param="completion_id")
+        raise _not_found(completion_id)
     return JSONResponse(stored_object(updated))
 
 
@@ -128,8 +128,13 @@ async def update_chat_completion(completion_id: str, request: Request) -> JSONRe
 async def delete_chat_completion(completion_id: str, request: Request) -> JSONResponse:
     deleted = await asyncio.to_thread(_store(request).delete, completion_id, _project(request))
     if not deleted:
-        raise NotFound(f"No chat completion found with id '{completion_id}'.", param="completion_id")
+        raise _not_found(completion_id)
     return JSONResponse({"id": completion_id, "object": "chat.completion.deleted", "deleted": True})
+
+
+def _not_found(completion_id: str) -> NotFound:
+    """Also what another project's completion looks like."""
+    return NotFound(f"No chat completion found with id '{completion_id}'.", param="completion_id")
 
 
 def _list(data: list[dict[str, Any]], has_more: bool) -> JSONResponse:
