@@ -174,17 +174,12 @@ class Scheduler:
                 deferred.append(self.waiting.popleft())
                 continue
             match = self.table.best_prefix(seq.token_ids, len(seq.token_ids) - 1, usable)
-            # Copy a reused prefix into a free (or the least recently used cached) slot, so the cached
-            # entry stays whole for the next request; take it over in place only when nothing else is left.
-            target = self.table.take(usable, avoid=match.slot if match else None)
-            if match is not None and match.adopt:
-                if target is None:
-                    target = match.slot
-                else:
-                    self.table.touch(match.slot)
-                    match = PrefixMatch(match.slot, match.tokens, adopt=False)
+            target = self._slot_for(match, usable)
             if target is None:
                 break
+            if match is not None and match.adopt and target != match.slot:
+                self.table.touch(match.slot)
+                match = PrefixMatch(match.slot, match.tokens, adopt=False)
             self.waiting.popleft()
             self.table.assign(target, seq)
             if capacity > self.capacity:
@@ -202,6 +197,18 @@ class Scheduler:
             plan.prefills.append(Chunk(seq, seq.num_computed, length))
             budget -= length
         self.waiting.extendleft(reversed(deferred))
+
+    def _slot_for(self, match: PrefixMatch | None, usable: int) -> int | None:
+        """The slot a new sequence runs in. A cached entry the prompt continues (the same conversation
+        one turn on) is taken over in place. Another reused prefix is copied into a free (or the least
+        recently used cached) slot, so the entry's own tail stays for the request that continues it;
+        the entry is taken over only when no other slot is left."""
+        if match is not None and match.continues:
+            return match.slot
+        target = self.table.take(usable, avoid=match.slot if match else None)
+        if target is None and match is not None and match.adopt:
+            return match.slot
+        return target
 
     def _sharing_soon(self, seq: Sequence) -> bool:
         """A running sequence is still reading a prompt this one shares: wait one step for its KV

@@ -22,6 +22,7 @@ class Slot:
     seq: Sequence | None = None
     tokens: list[int] = field(default_factory=list)  # cached: the tokens whose KV the slot holds
     last_used: int = 0
+    prompt: int = 0  # cached: how many of `tokens` were its sequence's prompt
 
 
 @dataclass(slots=True, frozen=True)
@@ -29,6 +30,9 @@ class PrefixMatch:
     slot: int
     tokens: int
     adopt: bool  # a cached slot taken over in place (no copy)
+    # Cached, and the new prompt holds all of the entry's prompt: the same conversation one turn on (or
+    # the same prompt again). Taking such an entry over in place loses nothing worth keeping.
+    continues: bool = False
 
 
 def common_prefix(a: list[int], b: list[int], limit: int) -> int:
@@ -69,9 +73,12 @@ class SlotTable:
             slot = self.slots[index]
             if slot.state is SlotState.FREE:
                 continue
-            length = common_prefix(tokens, self.valid_tokens(index), limit)
+            held = self.valid_tokens(index)
+            length = common_prefix(tokens, held, limit)
             if length >= MIN_REUSE_TOKENS and (best is None or length > best.tokens):
-                best = PrefixMatch(index, length, slot.state is SlotState.CACHED)
+                cached = slot.state is SlotState.CACHED
+                continues = cached and length >= slot.prompt - 1  # the last prompt token may be re-read
+                best = PrefixMatch(index, length, cached, continues)
         return best
 
     def touch(self, index: int) -> None:
@@ -97,7 +104,7 @@ class SlotTable:
             return
         tokens = seq.token_ids[: seq.num_computed] if keep else []
         state = SlotState.CACHED if tokens else SlotState.FREE
-        self.slots[seq.slot] = Slot(state, None, tokens, self._tick())
+        self.slots[seq.slot] = Slot(state, None, tokens, self._tick(), min(seq.num_prompt, len(tokens)))
         seq.slot = None
 
     def move(self, source: int, target: int) -> None:
@@ -115,6 +122,7 @@ class SlotTable:
         for slot in self.slots:
             if slot.state is SlotState.CACHED and len(slot.tokens) > capacity:
                 slot.tokens = slot.tokens[:capacity]
+                slot.prompt = min(slot.prompt, capacity)
 
     def drop_above(self, usable: int) -> None:
         """Forgets cached KV in slots that the next layout will not have."""

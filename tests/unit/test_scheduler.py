@@ -113,9 +113,42 @@ def test_prefix_of_a_finished_sequence_is_reused_in_place() -> None:
     follow_up = Sequence("next", [*first.token_ids, 5, 6, 7], 44, PARAMS)  # same conversation, one more turn
     s.add([follow_up])
     plan = run(s)
-    assert plan.kv_ops == [(0, 1, 40)]  # copied into a free slot: the cached one stays whole
-    assert follow_up.slot == 1 and follow_up.cached_tokens == 40
+    assert plan.kv_ops == []  # it continues the whole entry: taken over, no copy, slot 1 stays free
+    assert follow_up.slot == 0 and follow_up.cached_tokens == 40
     assert [(ch.start, ch.length) for ch in plan.prefills] == [(40, 4)]
+
+
+def test_shared_prefix_of_a_longer_entry_is_copied_into_a_free_slot() -> None:
+    s = Scheduler(config())
+    system = list(range(500, 530))
+    first = Sequence("first", [*system, *range(1000, 1040)], 70, PARAMS)
+    s.add([first])
+    run(s)
+    run(s)
+    s.finish(first)
+    other = Sequence("other", [*system, 1, 2, 3], 33, PARAMS)  # same system prompt, another question
+    s.add([other])
+    plan = run(s)
+    assert plan.kv_ops == [(0, 1, 30)]  # the entry keeps its tail for the conversation it holds
+    assert other.slot == 1 and other.cached_tokens == 30
+
+
+def test_follow_ups_of_many_conversations_each_continue_their_own_entry() -> None:
+    """Every slot holds a finished conversation; each one's next turn finds its own KV (taking over a
+    slot in place never evicts another conversation's entry)."""
+    s = Scheduler(config(max_running=4, max_batch_tokens=256))
+    firsts = [seq(f"c{i}", 20, first=1000 * (i + 1)) for i in range(4)]
+    s.add(firsts)
+    run(s)
+    slots = [f.slot for f in firsts]
+    for first in firsts:
+        s.finish(first)
+    follow_ups = [Sequence(f"n{i}", [*f.token_ids, 5, 6], 23, PARAMS) for i, f in enumerate(firsts)]
+    s.add(follow_ups)
+    plan = run(s)
+    assert plan.kv_ops == []
+    assert [f.cached_tokens for f in follow_ups] == [20, 20, 20, 20]
+    assert [f.slot for f in follow_ups] == slots
 
 
 def test_cached_slot_is_adopted_in_place_when_no_slot_is_free() -> None:
