@@ -7,9 +7,19 @@
         --workloads plain,json_schema,tool_prompt,tool_call   # constrained vs. the same requests, free
 
 Per concurrency level: streaming requests from a fixed, varied prompt set (temperature 0,
---tokens output tokens, loopback only), each worker sending its next request when the last one
-ends, bounded by --requests-per-stream and --level-seconds. Reported: TTFT p50/p95, inter-token
-latency p50, aggregate output tokens/s, errors, peak RSS of the server process. Yardsticks: (a)
+--tokens output tokens, loopback only; no prompt repeats within a level), each worker sending its
+next request when the last one ends, bounded by --requests-per-stream and --level-seconds.
+
+Arrivals (--start): `staggered` (default) starts the workers one after another, each once the
+previous worker's first response has streamed tokens/concurrency tokens, so that requests arrive
+spread over time as they do from independent clients, at the pace of the server under test;
+`together` starts them all at the same instant (a synchronized burst: every request's prompt is
+read at once, so TTFT measures the burst's total prefill). Aggregate tokens/s is counted in the
+steady window, from the moment every worker is streaming to the moment the first one runs out of
+requests (ramp-up and drain excluded); the overall rate (all tokens / level time) is kept too.
+
+Reported: TTFT p50/p95, inter-token latency p50, aggregate output tokens/s, errors, peak RSS of
+the server process. Yardsticks: (a)
 scripts/reference_server.py, one generate() + TextIteratorStreamer per request; (b) `transformers
 serve --continuous-batching` on the default model converted to a plain checkpoint. Writes a JSON
 file and prints a table with our/yardstick ratios (only ratios from one run mean anything here).
@@ -56,6 +66,15 @@ PROMPTS = [
     "Explain the difference between weather and climate with many examples.",
     "Write a motivational speech for a team before a big match.",
 ]
+# No prompt is sent twice to a server in one run (a repeat would be answered from the prefix cache,
+# which flatters whichever level sees it): request k of a run asks PROMPTS[k % 16] in a style of its own.
+STYLES = ["", "For a newspaper column: ", "In plain words for a beginner: ", "As an expert, in depth: "]
+
+
+def prompt_for(k: int) -> str:
+    text = STYLES[(k // len(PROMPTS)) % len(STYLES)] + PROMPTS[k % len(PROMPTS)]
+    take = k // (len(PROMPTS) * len(STYLES))
+    return f"Take {take + 1}. {text}" if take else text
 
 
 # Constrained workloads (ours only), compared with the same requests unconstrained ("plain"). Their
@@ -87,10 +106,35 @@ TWINS = {"json_schema": "plain", "tool_call": "tool_prompt"}
 
 @dataclass
 class RequestResult:
+    started: float = 0.0  # time.perf_counter()
+    ended: float = 0.0
     ttft: float | None = None
     gaps: list[float] = field(default_factory=list)
+    chunk_times: list[float] = field(default_factory=list)  # arrival of each content chunk
     tokens: int = 0
     error: str | None = None
+
+    def tokens_between(self, start: float, end: float) -> float:
+        """Output tokens that arrived in [start, end] (a chunk may carry several tokens)."""
+        if not self.chunk_times:
+            return 0.0
+        per_chunk = self.tokens / len(self.chunk_times)
+        return per_chunk * sum(1 for t in self.chunk_times if start <= t <= end)
+
+
+@dataclass
+class StreamRun:
+    """What one worker (one concurrent stream) did during a level."""
+
+    results: list[RequestResult] = field(default_factory=list)
+
+    @property
+    def first_start(self) -> float:
+        return self.results[0].started
+
+    @property
+    def last_end(self) -> float:
+        return self.results[-1].ended
 
 
 @dataclass
@@ -102,7 +146,9 @@ class LevelResult:
     errors: int
     output_tokens: int
     seconds: float
-    tokens_per_s: float
+    tokens_per_s: float  # in the steady window when it exists, else overall
+    overall_tokens_per_s: float
+    steady_window_s: float | None
     ttft_p50_ms: float | None
     ttft_p95_ms: float | None
     itl_p50_ms: float | None
@@ -111,10 +157,14 @@ class LevelResult:
 
 
 def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between the closest ranks (numpy's default)."""
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 class RssSampler:
@@ -158,8 +208,17 @@ def _children(pid: int) -> list[int]:
 
 
 async def one_request(
-    client: httpx.AsyncClient, url: str, model: str, prompt: str, tokens: int, workload: str = "plain"
+    client: httpx.AsyncClient,
+    url: str,
+    model: str,
+    prompt: str,
+    tokens: int,
+    workload: str = "plain",
+    progress: asyncio.Event | None = None,
+    progress_after: int = 1,
 ) -> RequestResult:
+    """One streamed request; `progress` is set once `progress_after` content chunks have arrived (or
+    the request has ended, whatever happened)."""
     extra = dict(WORKLOADS[workload])
     system = extra.pop("system", None)
     body = {
@@ -173,8 +232,7 @@ async def one_request(
         "stream_options": {"include_usage": True},
     }
     result = RequestResult()
-    started = last = time.perf_counter()
-    chunks = 0
+    started = last = result.started = time.perf_counter()
     try:
         async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
             if r.status_code != 200:
@@ -198,44 +256,86 @@ async def one_request(
                     else:
                         result.gaps.append(now - last)
                     last = now
-                    chunks += 1
+                    result.chunk_times.append(now)
+                    if progress is not None and len(result.chunk_times) >= progress_after:
+                        progress.set()
     except httpx.HTTPError as exc:
         result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        result.ended = time.perf_counter()
+        if progress is not None:
+            progress.set()
     if not result.tokens:
-        result.tokens = chunks  # a server without usage: one content chunk per token
+        result.tokens = len(result.chunk_times)  # a server without usage: one content chunk per token
     return result
 
 
+def rounds_for(concurrency: int, args: argparse.Namespace) -> int:
+    """Requests per stream at this level: at least --min-requests in all."""
+    return max(args.requests_per_stream, -(-args.min_requests // concurrency))
+
+
 async def run_level(
-    url: str, model: str, concurrency: int, args: argparse.Namespace, workload: str = "plain"
-) -> list[RequestResult]:
+    url: str,
+    model: str,
+    concurrency: int,
+    args: argparse.Namespace,
+    first_prompt: int,
+    rounds: int,
+    workload: str = "plain",
+) -> list[StreamRun]:
+    """Requests use prompts first_prompt .. first_prompt + concurrency * rounds - 1."""
     deadline = time.monotonic() + args.level_seconds
-    results: list[RequestResult] = []
+    streams = [StreamRun() for _ in range(concurrency)]
+    # Worker i starts when worker i-1's first response has streamed its share of the tokens.
+    gates = [asyncio.Event() for _ in range(concurrency)]
+    share = max(1, args.tokens // concurrency)
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=30), limits=limits) as client:
 
         async def worker(index: int) -> None:
-            for round_ in range(args.requests_per_stream):
-                if time.monotonic() > deadline:
-                    return
-                prompt = PROMPTS[(index + round_ * concurrency) % len(PROMPTS)]
-                results.append(await one_request(client, url, model, prompt, args.tokens, workload))
+            if args.start == "staggered" and index > 0:
+                await gates[index - 1].wait()
+            try:
+                for round_ in range(rounds):
+                    if time.monotonic() > deadline:
+                        return
+                    prompt = prompt_for(first_prompt + index * rounds + round_)
+                    gate = gates[index] if round_ == 0 else None
+                    result = await one_request(client, url, model, prompt, args.tokens, workload, gate, share)
+                    streams[index].results.append(result)
+            finally:
+                gates[index].set()
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    return results
+    return [s for s in streams if s.results]
+
+
+def steady_window(streams: list[StreamRun]) -> tuple[float, float] | None:
+    """From the moment every stream is running to the moment the first one has no more requests."""
+    if not streams:
+        return None
+    start, end = max(s.first_start for s in streams), min(s.last_end for s in streams)
+    return (start, end) if end - start >= 1.0 else None
 
 
 def summarize(
     target: str,
     workload: str,
     concurrency: int,
-    results: list[RequestResult],
+    streams: list[StreamRun],
     seconds: float,
     peak: float | None,
     after: float | None,
 ) -> LevelResult:
+    results = [r for s in streams for r in s.results]
     ok = [r for r in results if r.error is None]
     tokens = sum(r.tokens for r in ok)
+    overall = round(tokens / seconds, 2) if seconds else 0.0
+    window = steady_window(streams)
+    steady = None
+    if window is not None:
+        steady = round(sum(r.tokens_between(*window) for r in ok) / (window[1] - window[0]), 2)
     ttfts = [r.ttft * 1000 for r in ok if r.ttft is not None]
     gaps = [g * 1000 for r in ok for g in r.gaps]
     return LevelResult(
@@ -246,7 +346,9 @@ def summarize(
         errors=len(results) - len(ok),
         output_tokens=tokens,
         seconds=round(seconds, 2),
-        tokens_per_s=round(tokens / seconds, 2) if seconds else 0.0,
+        tokens_per_s=overall if steady is None else steady,
+        overall_tokens_per_s=overall,
+        steady_window_s=None if window is None else round(window[1] - window[0], 1),
         ttft_p50_ms=percentile(ttfts, 0.5),
         ttft_p95_ms=percentile(ttfts, 0.95),
         itl_p50_ms=percentile(gaps, 0.5),
@@ -340,16 +442,17 @@ def print_table(levels: list[LevelResult]) -> None:
         return "-" if v is None else f"{v:.{digits}f}"
 
     header = (
-        f"{'target':22} {'workload':11} {'conc':>4} {'reqs':>4} {'err':>3} {'tok/s':>7} {'TTFT p50':>8} "
-        f"{'TTFT p95':>8} {'ITL p50':>7} {'peak RSS':>8} {'RSS after':>9}"
+        f"{'target':22} {'workload':11} {'conc':>4} {'reqs':>4} {'err':>3} {'tok/s':>7} {'window s':>8} "
+        f"{'TTFT p50':>8} {'TTFT p95':>8} {'ITL p50':>7} {'peak RSS':>8} {'RSS after':>9}"
     )
     print(header)
     print("-" * len(header))
     for r in levels:
         print(
             f"{r.target:22} {r.workload:11} {r.concurrency:>4} {r.requests:>4} {r.errors:>3} "
-            f"{r.tokens_per_s:>7.1f} {fmt(r.ttft_p50_ms):>8} {fmt(r.ttft_p95_ms):>8} "
-            f"{fmt(r.itl_p50_ms, 1):>7} {fmt(r.peak_rss_mb):>8} {fmt(r.rss_after_mb):>9}"
+            f"{r.tokens_per_s:>7.1f} {fmt(r.steady_window_s, 1):>8} {fmt(r.ttft_p50_ms):>8} "
+            f"{fmt(r.ttft_p95_ms):>8} {fmt(r.itl_p50_ms, 1):>7} {fmt(r.peak_rss_mb):>8} "
+            f"{fmt(r.rss_after_mb):>9}"
         )
 
 
@@ -389,7 +492,14 @@ def main() -> int:
     parser.add_argument("--levels", default="1,4,16")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--requests-per-stream", type=int, default=2)
+    parser.add_argument("--min-requests", type=int, default=4, help="per level (more rounds at low levels)")
     parser.add_argument("--level-seconds", type=float, default=240, help="no new request starts after this")
+    parser.add_argument(
+        "--start",
+        choices=["staggered", "together"],
+        default="staggered",
+        help="staggered: the streams start one after another; together: all at once (a burst)",
+    )
     parser.add_argument("--device", default="cpu", help="device of both yardsticks (ours: models.yaml)")
     parser.add_argument("--dtype", default="float32", help="dtype of both yardsticks (ours: models.yaml)")
     parser.add_argument(
@@ -406,9 +516,8 @@ def main() -> int:
         process = start(command, url, workdir / f"{name}.log") if command else None
         rss = RssSampler(process.pid if process else None)
         try:
-            asyncio.run(
-                run_level(url, model, 1, argparse.Namespace(**{**vars(args), "requests_per_stream": 1}))
-            )
+            asyncio.run(run_level(url, model, 1, args, first_prompt=0, rounds=1))
+            used = 1  # prompts sent so far
             baseline = rss.current()
             print(f"{name}: warmed up, RSS {baseline or 0:.0f} MB", flush=True)
             workloads = args.workloads.split(",") if name == "ours" else ["plain"]
@@ -416,11 +525,14 @@ def main() -> int:
                 for workload in workloads:  # interleaved, so constrained and plain see the same machine
                     with rss:
                         started = time.perf_counter()
-                        results = asyncio.run(run_level(url, model, concurrency, args, workload))
+                        rounds = rounds_for(concurrency, args)
+                        run = run_level(url, model, concurrency, args, used, rounds, workload)
+                        used += concurrency * rounds
+                        streams = asyncio.run(run)
                         seconds = time.perf_counter() - started
                     time.sleep(1.0)
                     level = summarize(
-                        name, workload, concurrency, results, seconds, rss.peak or None, rss.current()
+                        name, workload, concurrency, streams, seconds, rss.peak or None, rss.current()
                     )
                     levels.append(level)
                     print(
