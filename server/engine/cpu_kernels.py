@@ -8,6 +8,7 @@ prompt-sized batches. Applied to every `nn.Linear` of a float32 model on the CPU
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -34,7 +35,12 @@ class _PackedLinear(nn.Module):
 
 def supported(model: nn.Module) -> bool:
     param = next(model.parameters())
-    if param.device.type != "cpu" or param.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+    return param.device.type == "cpu" and param.dtype == torch.float32 and _packing_works()
+
+
+@functools.cache
+def _packing_works() -> bool:
+    if not torch.backends.mkldnn.is_available():
         return False
     try:
         probe = nn.Linear(8, 8)
@@ -45,15 +51,21 @@ def supported(model: nn.Module) -> bool:
         return False
 
 
-def pack_linears(model: nn.Module) -> int:
-    """Swaps every nn.Linear for its pre-packed twin, in place; returns how many."""
+def pack_linears(model: nn.Module, skip: frozenset[int] = frozenset()) -> int:
+    """Swaps every nn.Linear (but those whose id() is in `skip`) for its pre-packed twin, in place;
+    returns how many."""
     if not supported(model):
         return 0
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
+            if type(child) is nn.Linear and id(child) not in skip:
                 setattr(parent, name, _PackedLinear(child))
                 count += 1
     logger.info("pre-packed %d linear layers for oneDNN", count)
     return count
+
+
+def fast_linear(linear: nn.Linear) -> nn.Module:
+    """The pre-packed twin of a linear where the model's device and dtype allow it, else itself."""
+    return _PackedLinear(linear) if supported(linear) else linear

@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from transformers import PreTrainedModel
 
 from server.engine import cpu_kernels, kv_cache
 from server.engine.kv_cache import PrefillSegment, SlotKVCache, StepLayout
+from server.engine.lean_forward import LeanForward
 from server.engine.scheduler import Chunk, StepPlan
+from server.engine.sequence import Sequence
+from server.engine.types import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+_PROBE = SamplingParams(max_tokens=1)
 
 
 class ModelRunner:
-    def __init__(self, model: PreTrainedModel) -> None:
+    def __init__(self, model: PreTrainedModel, lean: bool = True) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.vocab_size = int(model.config.get_text_config().vocab_size)
         kv_cache.install(model)
-        cpu_kernels.pack_linears(model)
+        self.lean = LeanForward.build(model) if lean else None
+        cpu_kernels.pack_linears(model, skip=self.lean.fused_parts if self.lean else frozenset())
         self.cache = SlotKVCache(model, self.device, self.dtype)
+        if self.lean is not None and not self._lean_matches():
+            logger.warning("the lean forward pass does not match the model's own; using the model's")
+            self.lean = None
+            cpu_kernels.pack_linears(model)
+        logger.info("forward pass: %s", "lean (fused projections)" if self.lean else "the model's own")
 
     @torch.inference_mode()
     def run(self, plan: StepPlan) -> torch.Tensor:
@@ -49,15 +64,63 @@ class ModelRunner:
             if chunk.samples:
                 sample_at.append(len(ids) - 1)
         layout = self._layout(plan, segments)
-        out = self.model(
-            input_ids=torch.tensor([ids], device=self.device),
-            position_ids=torch.tensor([positions], device=self.device),
-            use_cache=False,
-            # int64 even when empty: a step may only read prompt chunks and sample nothing.
-            logits_to_keep=torch.tensor(sample_at, dtype=torch.long, device=self.device),
-            **{kv_cache.BATCH_KWARG: layout},
-        )
-        return out.logits[0].float().cpu()
+        return self._forward(ids, positions, sample_at, layout, lean=self.lean is not None)
+
+    def _forward(
+        self, ids: list[int], positions: list[int], sample_at: list[int], layout: StepLayout, lean: bool
+    ) -> torch.Tensor:
+        input_ids = torch.tensor([ids], device=self.device)
+        position_ids = torch.tensor([positions], device=self.device)
+        # int64 even when empty: a step may only read prompt chunks and sample nothing.
+        keep = torch.tensor(sample_at, dtype=torch.long, device=self.device)
+        if lean:
+            assert self.lean is not None
+            logits = self.lean(input_ids, position_ids, keep, layout)
+        else:
+            logits = self.model(
+                input_ids=input_ids,
+                position_ids=position_ids,
+                use_cache=False,
+                logits_to_keep=keep,
+                **{kv_cache.BATCH_KWARG: layout},
+            ).logits
+        return logits[0].float().cpu()
+
+    def _lean_matches(self) -> bool:
+        try:
+            return self._probe_lean()
+        except Exception:
+            logger.exception("the lean forward pass failed its probe")
+            return False
+        finally:
+            self.cache.release()
+
+    @torch.inference_mode()
+    def _probe_lean(self) -> bool:
+        """A prompt read and one decode step, through both forward passes (each into a slot of its own):
+        the lean pass is used only if its logits match the model's own."""
+        prompt = [i % self.vocab_size for i in range(1, 13)]
+        self.cache.resize(2, 64)
+        matches = True
+        for step in range(2):
+            outputs = []
+            for slot, lean in ((0, False), (1, True)):
+                seq = Sequence(f"probe-{slot}", [*prompt, 7][: len(prompt) + step], len(prompt), _PROBE)
+                seq.slot = slot
+                chunk = Chunk(seq, 0 if step == 0 else len(prompt), len(prompt) if step == 0 else 1)
+                plan = StepPlan(2, 64, decodes=[chunk] if step else [], prefills=[] if step else [chunk])
+                segments = [] if step else [PrefillSegment(0, len(prompt), slot, 0, None)]
+                ids = seq.token_ids[chunk.start : chunk.start + chunk.length]
+                positions = list(range(chunk.start, chunk.start + chunk.length))
+                outputs.append(
+                    self._forward(ids, positions, [len(ids) - 1], self._layout(plan, segments), lean)
+                )
+            reference, candidate = outputs
+            tolerance = (1e-4 if self.dtype == torch.float32 else 2e-2) * max(
+                1.0, reference.abs().max().item()
+            )
+            matches = matches and bool(torch.allclose(reference, candidate, rtol=0, atol=tolerance))
+        return matches
 
     def _causal(self, chunk: Chunk) -> torch.Tensor | None:
         if chunk.start == 0:
