@@ -20,10 +20,11 @@ _PACK_HINT_ROWS = 16  # the batch size oneDNN tunes the layout for; any size wor
 
 
 class _PackedLinear(nn.Module):
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, keep_weight: bool = True) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = linear.weight  # kept for state_dict and tied-weight users
+        if keep_weight:
+            self.weight = linear.weight  # kept for state_dict and tied-weight users
         self.bias = linear.bias
         with torch.no_grad():
             self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), _PACK_HINT_ROWS)
@@ -66,6 +67,7 @@ def pack_linears(model: nn.Module, skip: frozenset[int] = frozenset()) -> int:
     return count
 
 
-def fast_linear(linear: nn.Linear) -> nn.Module:
-    """The pre-packed twin of a linear where the model's device and dtype allow it, else itself."""
-    return _PackedLinear(linear) if supported(linear) else linear
+def packed_only(linear: nn.Linear) -> nn.Module | None:
+    """The pre-packed twin of a linear that nothing else uses (its plain weight is not kept), where
+    the device and dtype allow it; None where they do not."""
+    return _PackedLinear(linear, keep_weight=False) if supported(linear) else None

@@ -33,11 +33,13 @@ SIZES = dict(
 )
 
 
-def twins(model_class: type[PreTrainedModel], config: PretrainedConfig) -> tuple[ModelRunner, ModelRunner]:
+def twins(
+    model_class: type[PreTrainedModel], config: PretrainedConfig, dtype: torch.dtype = torch.float32
+) -> tuple[ModelRunner, ModelRunner]:
     """Two runners on identical random weights: the lean one (if it applies) and the model's own."""
     torch.manual_seed(0)
-    first = model_class(config).eval()
-    second = model_class(config).eval()
+    first = model_class(config).eval().to(dtype)
+    second = model_class(config).eval().to(dtype)
     second.load_state_dict(first.state_dict())
     return ModelRunner(first), ModelRunner(second, lean=False)
 
@@ -82,10 +84,21 @@ def test_lean_pass_gives_the_models_own_logits(
     assert lean.lean is not None and own.lean is None
     for ours, theirs in zip(logits_of_a_busy_run(lean), logits_of_a_busy_run(own), strict=True):
         assert torch.allclose(ours, theirs, rtol=0, atol=1e-5)
-    # The fused projections' weights are views into one tensor (nothing duplicated), left unpacked.
+    # On the CPU in float32 the fused projections are pre-packed without a second plain copy; the
+    # model's own projections stay as they were (unpacked: only its own forward, unused, calls them).
+    fused = lean.lean.layers[0].qkv
+    assert isinstance(fused, _PackedLinear) and not hasattr(fused, "weight")
     attn = lean.model.model.layers[0].self_attn
     assert type(attn.q_proj) is torch.nn.Linear and isinstance(attn.o_proj, _PackedLinear)
+
+
+def test_without_packing_the_projections_become_views_into_the_fused_weight() -> None:
+    lean, own = twins(LlamaForCausalLM, LlamaConfig(**SIZES), dtype=torch.bfloat16)
+    assert lean.lean is not None
+    attn = lean.model.model.layers[0].self_attn
     assert attn.q_proj.weight.untyped_storage().data_ptr() == attn.v_proj.weight.untyped_storage().data_ptr()
+    for ours, theirs in zip(logits_of_a_busy_run(lean), logits_of_a_busy_run(own), strict=True):
+        assert torch.equal(ours, theirs)
 
 
 def test_models_of_another_shape_keep_their_own_forward() -> None:
