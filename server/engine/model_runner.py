@@ -36,9 +36,10 @@ class ModelRunner:
         logger.info("forward pass: %s", "lean (fused projections)" if self.lean else "the model's own")
 
     @torch.inference_mode()
-    def run(self, plan: StepPlan) -> torch.Tensor:
+    def run(self, plan: StepPlan, lean: bool | None = None) -> torch.Tensor:
         """Applies the plan's KV layout and copies, feeds its tokens; returns float32 logits on the
-        CPU, one row per chunk that samples, in the order of `plan.chunks`."""
+        CPU, one row per chunk that samples, in the order of `plan.chunks`. `lean` picks the forward
+        pass (default: the lean one where the model has it)."""
         if plan.kv_ops:  # moves may read slots the new layout drops: apply them on the larger one
             grown = (max(plan.num_slots, self.cache.num_slots), max(plan.capacity, self.cache.capacity))
             self.cache.resize(*grown)
@@ -64,17 +65,11 @@ class ModelRunner:
             if chunk.samples:
                 sample_at.append(len(ids) - 1)
         layout = self._layout(plan, segments)
-        return self._forward(ids, positions, sample_at, layout, lean=self.lean is not None)
-
-    def _forward(
-        self, ids: list[int], positions: list[int], sample_at: list[int], layout: StepLayout, lean: bool
-    ) -> torch.Tensor:
         input_ids = torch.tensor([ids], device=self.device)
         position_ids = torch.tensor([positions], device=self.device)
         # int64 even when empty: a step may only read prompt chunks and sample nothing.
         keep = torch.tensor(sample_at, dtype=torch.long, device=self.device)
-        if lean:
-            assert self.lean is not None
+        if self.lean is not None and lean is not False:
             logits = self.lean(input_ids, position_ids, keep, layout)
         else:
             logits = self.model(
@@ -95,32 +90,28 @@ class ModelRunner:
         finally:
             self.cache.release()
 
-    @torch.inference_mode()
     def _probe_lean(self) -> bool:
         """A prompt read and one decode step, through both forward passes (each into a slot of its own):
         the lean pass is used only if its logits match the model's own."""
         prompt = [i % self.vocab_size for i in range(1, 13)]
-        self.cache.resize(2, 64)
-        matches = True
+        seqs = [Sequence(f"probe-{slot}", list(prompt), len(prompt), _PROBE) for slot in (0, 1)]
+        for slot, seq in enumerate(seqs):
+            seq.slot = slot
         for step in range(2):
             outputs = []
-            for slot, lean in ((0, False), (1, True)):
-                seq = Sequence(f"probe-{slot}", [*prompt, 7][: len(prompt) + step], len(prompt), _PROBE)
-                seq.slot = slot
-                chunk = Chunk(seq, 0 if step == 0 else len(prompt), len(prompt) if step == 0 else 1)
-                plan = StepPlan(2, 64, decodes=[chunk] if step else [], prefills=[] if step else [chunk])
-                segments = [] if step else [PrefillSegment(0, len(prompt), slot, 0, None)]
-                ids = seq.token_ids[chunk.start : chunk.start + chunk.length]
-                positions = list(range(chunk.start, chunk.start + chunk.length))
-                outputs.append(
-                    self._forward(ids, positions, [len(ids) - 1], self._layout(plan, segments), lean)
-                )
+            for seq, lean in zip(seqs, (False, True), strict=True):
+                if step == 0:
+                    plan = StepPlan(2, 64, prefills=[Chunk(seq, 0, len(prompt))])
+                else:
+                    seq.token_ids.append(7)
+                    plan = StepPlan(2, 64, decodes=[Chunk(seq, len(prompt), 1)])
+                outputs.append(self.run(plan, lean))
             reference, candidate = outputs
-            tolerance = (1e-4 if self.dtype == torch.float32 else 2e-2) * max(
-                1.0, reference.abs().max().item()
-            )
-            matches = matches and bool(torch.allclose(reference, candidate, rtol=0, atol=tolerance))
-        return matches
+            scale = max(1.0, reference.abs().max().item())
+            tolerance = (1e-4 if self.dtype == torch.float32 else 2e-2) * scale
+            if not torch.allclose(reference, candidate, rtol=0, atol=tolerance):
+                return False
+        return True
 
     def _causal(self, chunk: Chunk) -> torch.Tensor | None:
         if chunk.start == 0:

@@ -73,8 +73,7 @@ class SlotTable:
             slot = self.slots[index]
             if slot.state is SlotState.FREE:
                 continue
-            held = self.valid_tokens(index)
-            length = common_prefix(tokens, held, limit)
+            length = common_prefix(tokens, self.valid_tokens(index), limit)
             if length >= MIN_REUSE_TOKENS and (best is None or length > best.tokens):
                 cached = slot.state is SlotState.CACHED
                 continues = cached and length >= slot.prompt - 1  # the last prompt token may be re-read
