@@ -20,7 +20,7 @@ MODEL = "smollm2-135m-instruct"
 
 
 def served_in_float32() -> bool:
-    """Whether the default model runs in float32 here (auto picks bfloat16 on CUDA, float32 on this CPU).
+    """Whether the default model runs in float32 here (auto picks bfloat16 on CUDA, float32 on every CPU).
 
     In bfloat16, batched and single-row matrix multiplies round differently, so greedy outputs under
     load may differ from outputs alone; the tests that compare them are exact only in float32.

@@ -113,7 +113,7 @@ def test_kill_9_during_writes_leaves_the_database_consistent(store_url: str, tmp
     page = store.list(ListQuery(limit=100, order="desc"))
     assert len(page.items) >= 20
     for r in page.items:  # every completion that is there is there whole, metadata included
-        assert r.metadata == {"team": str(int(r.id[-3:]) % 3), "env": "x"}
+        assert r.metadata == {"team": str(int(r.id.rsplit("-", 1)[1]) % 3), "env": "x"}
         assert store.list(ListQuery(metadata=(("team", r.metadata["team"]),), limit=100)).items
     with store.engine.connect() as conn:
         pairs = conn.execute(sa.text("SELECT COUNT(*) FROM completion_metadata")).scalar()
