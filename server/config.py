@@ -68,6 +68,10 @@ class RequestLimits(_Strict):
     max_tokens: Annotated[int, Field(ge=1)] | None = None  # None: up to the context length
     max_tools: Annotated[int, Field(ge=0, le=128)] = 128
     max_stop: Annotated[int, Field(ge=0, le=4)] = 4
+    # Arrays and objects nested deeper than this in a request body (a JSON schema counts too).
+    max_json_depth: Annotated[int, Field(ge=8, le=256)] = 64
+    # The grammar of one request (its response_format schema, or its tools with their schemas).
+    max_grammar_bytes: Annotated[int, Field(ge=1024)] = 128 * 1024
 
 
 class EngineSettings(_Strict):

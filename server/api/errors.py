@@ -59,7 +59,7 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
     def __init__(self, model: str) -> None:
-        super().__init__(f"The model '{model}' does not exist.", param="model")
+        super().__init__(f"The model '{printable(model)}' does not exist.", param="model")
 
 
 class RateLimited(APIError):
@@ -90,6 +90,17 @@ class InternalError(APIError):
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def printable(text: str, limit: int = 256) -> str:
+    """Client input echoed in an error message: control characters, lone surrogates and other
+    unprintable characters written as escapes (never raw NUL bytes, never text UTF-8 cannot
+    encode), and a long value cut short."""
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 async def send_error(send: Any, error: APIError, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from server.api.errors import APIError, error_body
+from server.api.errors import APIError, error_body, printable
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +86,11 @@ async def _api_error(request: Request, exc: APIError) -> JSONResponse:
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
     message = str(exc.detail)
+    path = printable(request.url.path)
     if exc.status_code == 404:
-        message = f"Unknown request URL: {request.method} {request.url.path}."
+        message = f"Unknown request URL: {request.method} {path}."
     elif exc.status_code == 405:
-        message = f"Method {request.method} is not allowed on {request.url.path}."
+        message = f"Method {request.method} is not allowed on {path}."
     return JSONResponse(error_body(message, kind), status_code=exc.status_code, headers=exc.headers)
 
 

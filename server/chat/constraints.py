@@ -19,6 +19,7 @@ from server.api.schemas.request import (
 from server.chat.tools import ToolPlan, plan_tools
 from server.constrained.compiler import GrammarCompiler, GrammarError
 from server.constrained.json_schema import ANY_OBJECT, lark_json, schema_grammar
+from server.constrained.mask import one_line
 from server.parsers.base import ToolCallParser
 
 
@@ -32,21 +33,25 @@ class Constraint:
 def build_constraint(
     request: ChatCompletionRequest, compiler: GrammarCompiler, parser: type[ToolCallParser]
 ) -> Constraint:
-    schema = _response_schema(request, compiler)
+    schema, schema_grammar_text = _response_format(request, compiler)
     plan = plan_tools(request)
     if plan is None:
-        return Constraint(schema_grammar(schema) if schema is not None else None, None, None)
+        return Constraint(schema_grammar_text, None, None)
     param, where = ("functions", "parameters") if plan.legacy_functions else ("tools", "function.parameters")
     for index, tool in enumerate(plan.tools):
         what = f"The parameters schema of function '{tool.name}'"
-        _compile(compiler, schema_grammar(tool.parameters), f"{param}[{index}].{where}", what)
+        tool_param = f"{param}[{index}].{where}"
+        _compile(compiler, _schema_grammar(tool.parameters, tool_param, what), tool_param, what)
     text = lark_json(schema) if schema is not None else None
     grammar = parser.grammar(plan.call_grammar(text), compiler.special_token)
     _compile(compiler, grammar, param, f"The tool-call grammar ({parser.name} format)")
     return Constraint(grammar, plan, parser)
 
 
-def _response_schema(request: ChatCompletionRequest, compiler: GrammarCompiler) -> dict[str, Any] | None:
+def _response_format(
+    request: ChatCompletionRequest, compiler: GrammarCompiler
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The schema the answer must follow, and its grammar (compiled and checked), if any."""
     fmt = request.response_format
     if isinstance(fmt, ResponseFormatJSONObject):
         if not any("json" in _message_text(m).lower() for m in request.messages):
@@ -55,13 +60,23 @@ def _response_schema(request: ChatCompletionRequest, compiler: GrammarCompiler) 
                 "'json_object'.",
                 param="messages",
             )
-        return ANY_OBJECT
-    if isinstance(fmt, ResponseFormatJSONSchema):
+        schema, what = ANY_OBJECT, "The JSON object format"
+    elif isinstance(fmt, ResponseFormatJSONSchema):
         schema = fmt.json_schema.schema_ if fmt.json_schema.schema_ is not None else ANY_OBJECT
         what = f"The schema of response_format '{fmt.json_schema.name}'"
-        _compile(compiler, schema_grammar(schema), "response_format", what)
-        return schema
-    return None
+    else:
+        return None, None
+    grammar = _schema_grammar(schema, "response_format", what)
+    _compile(compiler, grammar, "response_format", what)
+    return schema, grammar
+
+
+def _schema_grammar(schema: dict[str, Any] | None, param: str, what: str) -> str:
+    """llguidance's JSON-schema compiler refuses some schemas outright (values it cannot read)."""
+    try:
+        return schema_grammar(schema)
+    except Exception as exc:  # what llguidance raises for a schema it cannot read varies
+        raise InvalidRequest(f"{what} cannot be enforced: {one_line(str(exc))}", param=param) from exc
 
 
 def _compile(compiler: GrammarCompiler, grammar: str, param: str, what: str) -> None:

@@ -98,7 +98,7 @@ class ChatService:
     ) -> None:
         self._registry = registry
         self._store_writer = store_writer
-        self._limits = limits or RequestLimits()
+        self.limits = limits or RequestLimits()
         self._request_timeout_s = request_timeout_s
         self._metrics = metrics
         self._log_content = log_content
@@ -106,7 +106,7 @@ class ChatService:
     async def start(self, request: ChatCompletionRequest, project: str = "") -> ChatStream:
         """`project`: the caller's project (its API key's); stored completions belong to it."""
         started = time.monotonic()
-        check_limits(request, self._limits)
+        check_limits(request, self.limits)
         served = self._registry.get(request.model)
         refuse_unsupported(request)
         n = request.n or 1

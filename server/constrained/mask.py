@@ -11,6 +11,14 @@ class GrammarFailure(RuntimeError):
     """The matcher rejected a token or allows none: the sequence cannot go on under its grammar."""
 
 
+def one_line(error: str, limit: int = 300) -> str:
+    """llguidance's error on one line, without the parser state or grammar it may append, cut short."""
+    for marker in ("<state>", "<non-verbose/>"):
+        error = error.split(marker, 1)[0]
+    line = " ".join(error.split())
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
 class GrammarMask:
     """Called by the sampler before each token of its sequence with the tokens generated so far:
     consumes the new ones, then returns the allowed set. Once the grammar is complete only the
@@ -28,10 +36,11 @@ class GrammarMask:
     def __call__(self, generated: list[int]) -> torch.Tensor | None:
         for token_id in generated[self._consumed :]:
             if not self._matcher.consume_token(token_id):
-                raise GrammarFailure(f"the grammar rejected token {token_id}: {self._matcher.get_error()}")
+                error = one_line(self._matcher.get_error())
+                raise GrammarFailure(f"the grammar rejected token {token_id}: {error}")
         self._consumed = len(generated)
         self._matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
-        error = self._matcher.get_error() if self._matcher.is_error() else ""
+        error = one_line(self._matcher.get_error()) if self._matcher.is_error() else ""
         unpacked = np.unpackbits(self._bits.view(np.uint8), bitorder="little")[: self._vocab_size]
         allowed = unpacked.astype(np.bool_)
         if error or not allowed.any():

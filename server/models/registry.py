@@ -123,7 +123,9 @@ class ModelRegistry:
             tokens=TokenTable(tokenizer, vocab_size),
             limits=limits,
             engine=AsyncEngine(engine),
-            grammars=GrammarCompiler(tokenizer, vocab_size, limits.stop_token_ids),
+            grammars=GrammarCompiler(
+                tokenizer, vocab_size, limits.stop_token_ids, self._config.server.limits.max_grammar_bytes
+            ),
             tool_parser=tool_parser,
             fingerprint=_fingerprint(spec, loaded),
             created=int(time.time()),

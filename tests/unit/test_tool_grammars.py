@@ -10,7 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from server.constrained.compiler import GrammarCompiler, GrammarError
 from server.constrained.json_schema import lark_json, schema_grammar
-from server.constrained.mask import GrammarFailure
+from server.constrained.mask import GrammarFailure, one_line
 from server.models.token_table import TokenTable
 from server.parsers.base import ToolCallParser
 from server.parsers.events import CallGrammar, ToolSpec
@@ -202,3 +202,18 @@ def test_a_rejected_token_fails_the_sequence_instead_of_opening_the_mask(
     assert not bool(mask([])[letter[0]])
     with pytest.raises(GrammarFailure, match="rejected"):
         mask(letter)
+
+
+def test_grammar_errors_are_one_line_without_parser_state(
+    compiler: GrammarCompiler, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    verbose = 'parser error: Too many items\n<state>\nTokens: ⟦{"⟧\nParser: {\n  "rows": 1\n}\n</state>'
+    assert one_line(verbose) == "parser error: Too many items"
+    assert (
+        one_line("regex parse error:\n    ^(?!x)\nerror: look-around")
+        == "regex parse error: ^(?!x) error: look-around"
+    )
+    mask = compiler.mask(schema_grammar({"type": "integer"}))
+    with pytest.raises(GrammarFailure) as failed:
+        mask(tokenizer("x", add_special_tokens=False)["input_ids"])
+    assert "\n" not in str(failed.value) and len(str(failed.value)) < 400

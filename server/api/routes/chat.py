@@ -12,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from server.api import sse
+from server.api.json_checks import check_json
 from server.api.observability import note_error
 from server.api.schemas.request import ChatCompletionRequest
 from server.chat import aggregate
@@ -23,9 +24,19 @@ logger = logging.getLogger(__name__)
 router = APIRouter()
 
 
+# Bodies larger than this are checked off the event loop (a walk of every value they hold).
+_CHECK_ON_LOOP_BYTES = 64 * 1024
+
+
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     service: ChatService = request.app.state.chat_service
+    # The parsed body (Starlette keeps it): lone surrogates, NaN and deep nesting are 400s here.
+    raw, depth = await request.json(), service.limits.max_json_depth
+    if len(await request.body()) > _CHECK_ON_LOOP_BYTES:
+        await asyncio.to_thread(check_json, raw, depth)
+    else:
+        check_json(raw, depth)
     # A metrics label: only configured ids, so clients cannot grow the label set.
     request.state.model = body.model if body.model in request.app.state.registry.configured_ids else ""
     stream = await service.start(body, project=request.state.project)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from server.api.errors import InvalidRequest, NotFound
+from server.api.errors import InvalidRequest, NotFound, printable
 from server.api.schemas.stored import MetadataUpdate
 from server.chat.recording import stored_messages, stored_object
 from server.storage.records import CompletionStore, ListQuery, StoredCompletion
@@ -102,7 +102,9 @@ async def list_chat_completion_messages(completion_id: str, request: Request) ->
     if after:
         ids = [item["id"] for item in items]
         if after not in ids:
-            raise InvalidRequest(f"No message with id '{after}' in this completion.", param="after")
+            raise InvalidRequest(
+                f"No message with id '{printable(after)}' in this completion.", param="after"
+            )
         items = items[ids.index(after) + 1 :]
     limit = _limit(params.get("limit"))
     return _list(items[:limit], len(items) > limit)
@@ -134,7 +136,7 @@ async def delete_chat_completion(completion_id: str, request: Request) -> JSONRe
 
 def _not_found(completion_id: str) -> NotFound:
     """Also what another project's completion looks like."""
-    return NotFound(f"No chat completion found with id '{completion_id}'.", param="completion_id")
+    return NotFound(f"No chat completion found with id '{printable(completion_id)}'.", param="completion_id")
 
 
 def _list(data: list[dict[str, Any]], has_more: bool) -> JSONResponse:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from server.api.errors import printable
 
 FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
 
@@ -233,10 +236,15 @@ def _check_stop(value: str | list[str] | None) -> str | list[str] | None:
     return value
 
 
+# A token id as a key: ASCII digits only (`str.isdigit` and `int` also take "²" and "١"), and few
+# enough of them that `int` never meets Python's limit on digits.
+_TOKEN_ID_KEY = re.compile(r"-?[0-9]{1,20}", re.ASCII)
+
+
 def _check_logit_bias(value: dict[str, float] | None) -> dict[str, float] | None:
     for key, bias in (value or {}).items():
-        if not key.lstrip("-").isdigit():
-            raise ValueError(f"keys are token ids; {key!r} is not an integer")
+        if not _TOKEN_ID_KEY.fullmatch(key):
+            raise ValueError(f"keys are token ids (decimal integers); {printable(key, 40)!r} is not one")
         if not -100 <= bias <= 100:
             raise ValueError(f"bias for token {key} must be between -100 and 100")
     return value
