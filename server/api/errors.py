@@ -88,6 +88,12 @@ class InternalError(APIError):
     code = "internal_error"
 
 
+class StoreFailed(InternalError):
+    """`store: true` and the completion could not be stored: the response must not look like success."""
+
+    code = "store_failed"
+
+
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 

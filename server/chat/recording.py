@@ -1,19 +1,22 @@
-"""`store: true`: the completion, once fully generated, becomes a StoredCompletion for the writer.
+"""`store: true`: the completion, once fully generated, becomes a StoredCompletion, saved before the
+response ends.
 
 A stream the client abandons is not stored: what it would hold is a completion nobody received.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from server.api.errors import StoreFailed
 from server.api.schemas.request import ChatCompletionRequest
 from server.chat import aggregate
 from server.chat.templating import PART_SEPARATOR
 from server.storage.records import StoredCompletion
+from server.storage.writer import StoreWriteError
 
 # Request parameters kept with a stored completion (and shown on it, as OpenAI does).
 STORED_PARAMS = (
@@ -51,15 +54,19 @@ SHOWN_PARAMS = (
 
 
 async def recorded(
-    chunks: AsyncIterator[ChatCompletionChunk], on_complete: Callable[[list[ChatCompletionChunk]], None]
+    chunks: AsyncIterator[ChatCompletionChunk], save: Callable[[list[ChatCompletionChunk]], Awaitable[None]]
 ) -> AsyncIterator[ChatCompletionChunk]:
-    """Passes the chunks through; when they run out (not when the consumer stops early) hands
-    them all to `on_complete`, which must not block (folding them is the writer thread's job)."""
+    """Passes the chunks through; when they run out (not when the consumer stops early) awaits
+    `save` of them all before ending, so the response ends (its body, or `[DONE]`) once the
+    completion is stored. A failed save ends it with StoreFailed instead."""
     seen: list[ChatCompletionChunk] = []
     async for chunk in chunks:
         seen.append(chunk)
         yield chunk
-    on_complete(seen)
+    try:
+        await save(seen)
+    except StoreWriteError as exc:
+        raise StoreFailed(f"The completion was generated but not stored: {exc}. Retry the request.") from exc
 
 
 def record_builder(

@@ -163,7 +163,7 @@ class ChatService:
             chunks = _logged(header.id, chunks)
         if request.store and self._store_writer is not None:
             writer = self._store_writer
-            chunks = recorded(chunks, lambda seen: writer.submit(record_builder(request, seen, project)))
+            chunks = recorded(chunks, lambda seen: writer.save(record_builder(request, seen, project)))
         return ChatStream(header, chunks)
 
 

@@ -1,7 +1,17 @@
-"""Store writes on their own thread: a slow or failing database never delays a response."""
+"""Store writes on their own thread; a response with `store: true` completes once its write has.
+
+The record is built (a stream folded) and saved on the writer thread, so nothing of it runs on the
+event loop or delays a token. The caller awaits the commit before it sends the end of the response
+(the body, or `[DONE]`): a completion is readable, from any replica sharing the database, as soon
+as its client has it whole. A write that fails or takes longer than `SAVE_TIMEOUT_S` raises
+StoreWriteError, which the response reports, never a 200 for a completion that is not there.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import queue
 import threading
@@ -9,10 +19,15 @@ from collections.abc import Callable
 
 from server.storage.records import CompletionStore, StoredCompletion
 
-# A record, or a function that builds it: building (folding a stream) is also kept off the response path.
+# A record, or a function that builds it: building (folding a stream) is also kept off the event loop.
 Pending = StoredCompletion | Callable[[], StoredCompletion]
+SAVE_TIMEOUT_S = 30.0
 
 logger = logging.getLogger(__name__)
+
+
+class StoreWriteError(Exception):
+    """The record was not stored; the message says why, in words fit for the client."""
 
 
 class StoreWriter:
@@ -20,12 +35,20 @@ class StoreWriter:
         self.store = store
         self.written = 0
         self.failed = 0
-        self._queue: queue.Queue[Pending | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Pending, concurrent.futures.Future[None]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, record: Pending) -> None:
-        self._queue.put(record)
+    async def save(self, record: Pending) -> None:
+        """Returns once the record is committed; raises StoreWriteError when it could not be."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._queue.put((record, done))
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(done), SAVE_TIMEOUT_S)
+        except TimeoutError:
+            raise StoreWriteError(f"storing it took longer than {SAVE_TIMEOUT_S:.0f} s") from None
+        except Exception as exc:
+            raise StoreWriteError(f"the store failed ({type(exc).__name__})") from exc
 
     @property
     def pending(self) -> int:
@@ -37,11 +60,19 @@ class StoreWriter:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        while (pending := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
+            pending, done = item
             try:
                 record = pending if isinstance(pending, StoredCompletion) else pending()
                 self.store.save(record)
                 self.written += 1
-            except Exception:  # logged and counted; the client already has its response
+                result: BaseException | None = None
+            except Exception as exc:  # logged and counted; the response it belongs to says so
                 self.failed += 1
                 logger.exception("storing a completion failed")
+                result = exc
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                if result is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(result)

@@ -46,13 +46,3 @@ async def http(tiny_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture(scope="session")
 def client(http: httpx.AsyncClient) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http)
-
-
-async def wait_stored(client: openai.AsyncOpenAI, completion_id: str) -> object:
-    """Store writes are asynchronous (they never delay a response): waits until this one landed."""
-    for _ in range(200):
-        try:
-            return await client.chat.completions.retrieve(completion_id)
-        except openai.NotFoundError:
-            await asyncio.sleep(0.02)
-    raise AssertionError(f"{completion_id} was never stored")
