@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from server.api.errors import ContextLengthExceeded, InvalidRequest, UnsupportedParameter
-from server.api.schemas.request import ChatCompletionRequest
+from server.api.schemas.request import ChatCompletionRequest, Message
 from server.config import SamplingDefaults
 from server.engine.types import SamplingParams
 
@@ -16,6 +16,7 @@ class ModelLimits:
     vocab_size: int
     stop_token_ids: frozenset[int]
     defaults: SamplingDefaults
+    max_token_chars: int = 1  # the most characters one token of the vocabulary stands for
 
 
 def refuse_unsupported(request: ChatCompletionRequest) -> None:
@@ -42,6 +43,35 @@ def refuse_unsupported(request: ChatCompletionRequest) -> None:
         )
     if request.top_logprobs is not None and not request.logprobs:
         raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
+
+
+def refuse_obviously_too_long(request: ChatCompletionRequest, limits: ModelLimits) -> None:
+    """A prompt whose text alone must be more tokens than the context holds is refused before the
+    template is rendered or anything tokenized (both take seconds for megabytes of text)."""
+    chars = sum(_message_chars(message) for message in request.messages)
+    at_least = chars // max(1, limits.max_token_chars)
+    wanted = request.max_completion_tokens or request.max_tokens or 1
+    if at_least + wanted > limits.context_length:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {limits.context_length} tokens. However, your messages "
+            f"hold {chars} characters, at least {at_least} tokens. Please reduce the length of the messages.",
+            param="messages",
+        )
+
+
+def _message_chars(message: Message) -> int:
+    content = getattr(message, "content", None)
+    if isinstance(content, str):
+        chars = len(content)
+    elif isinstance(content, list):
+        chars = sum(
+            len(getattr(part, "text", None) or getattr(part, "refusal", None) or "") for part in content
+        )
+    else:
+        chars = 0
+    for call in getattr(message, "tool_calls", None) or ():
+        chars += len(call.function.arguments)
+    return chars
 
 
 def completion_budget(request: ChatCompletionRequest, limits: ModelLimits, prompt_tokens: int) -> int:

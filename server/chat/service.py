@@ -20,8 +20,9 @@ from server.chat.assembler import ChoiceAssembler, Delta
 from server.chat.constraints import Constraint, build_constraint
 from server.chat.detokenizer import IncrementalDecoder
 from server.chat.observer import RequestObserver
-from server.chat.params import refuse_unsupported, sampling_params
+from server.chat.params import refuse_obviously_too_long, refuse_unsupported, sampling_params
 from server.chat.recording import record_builder, recorded
+from server.chat.templating import Prompt
 from server.chat.tool_stream import ChoiceDeltas, ToolCallDeltas
 from server.config import RequestLimits
 from server.constrained.mask import GrammarMask
@@ -109,10 +110,11 @@ class ChatService:
         check_limits(request, self.limits)
         served = self._registry.get(request.model)
         refuse_unsupported(request)
+        refuse_obviously_too_long(request, served.limits)
         n = request.n or 1
-        # Compiling a schema takes about a millisecond, a large one far longer: off the event loop.
-        constraint, masks = await asyncio.to_thread(_constrain, request, served, n)
-        prompt = served.templater.render(request.messages, constraint.tools.tools if constraint.tools else ())
+        # Compiling a grammar, rendering the template and tokenizing take milliseconds, seconds for
+        # a large schema or prompt: off the event loop, which keeps serving every other request.
+        constraint, masks, prompt = await asyncio.to_thread(_prepare, request, served, n)
         base_id = uuid.uuid4().hex
         engine_requests = [
             EngineRequest(
@@ -167,14 +169,17 @@ class ChatService:
         return ChatStream(header, chunks)
 
 
-def _constrain(
+def _prepare(
     request: ChatCompletionRequest, served: ServedModel, n: int
-) -> tuple[Constraint, list[GrammarMask | None]]:
-    """The request's grammar, compiled (a 400 if it cannot be enforced), and one mask per choice."""
+) -> tuple[Constraint, list[GrammarMask | None], Prompt]:
+    """The request's grammar, compiled (a 400 if it cannot be enforced), one mask per choice, and
+    the prompt (rendered and tokenized, with the tools)."""
     constraint = build_constraint(request, served.grammars, served.tool_parser)
-    if constraint.grammar is None:
-        return constraint, [None] * n
-    return constraint, [served.grammars.mask(constraint.grammar) for _ in range(n)]
+    masks: list[GrammarMask | None] = [None] * n
+    if constraint.grammar is not None:
+        masks = [served.grammars.mask(constraint.grammar) for _ in range(n)]
+    prompt = served.templater.render(request.messages, constraint.tools.tools if constraint.tools else ())
+    return constraint, masks, prompt
 
 
 def _shaper(constraint: Constraint) -> ChoiceDeltas:

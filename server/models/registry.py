@@ -107,11 +107,13 @@ class ModelRegistry:
         tokenizer, model = loaded.tokenizer, loaded.model
         vocab_size = int(model.config.get_text_config().vocab_size)
         engine_config = engine.config
+        tokens = TokenTable(tokenizer, vocab_size)
         limits = ModelLimits(
             context_length=engine_config.context_length,
             vocab_size=vocab_size,
             stop_token_ids=_stop_token_ids(tokenizer, model),
             defaults=spec.defaults,
+            max_token_chars=tokens.max_token_chars,
         )
         templater = ChatTemplater(tokenizer, template)
         tool_parser = parser_for_template(templater.template, spec.tool_parser)
@@ -120,7 +122,7 @@ class ModelRegistry:
             spec=spec,
             tokenizer=tokenizer,
             templater=templater,
-            tokens=TokenTable(tokenizer, vocab_size),
+            tokens=tokens,
             limits=limits,
             engine=AsyncEngine(engine),
             grammars=GrammarCompiler(

@@ -59,6 +59,11 @@ class TokenTable:
                 continue
             raw = self._piece_bytes(tokenizer, token_id, piece, kind, byte_decoder)
             self._infos.append(TokenInfo(_display(raw), list(raw)))
+        # The most characters one token can stand for (its bytes, or a special token's text): a
+        # text of N characters is at least N / this many tokens, known without tokenizing it.
+        self.max_token_chars = max(
+            (len(info.bytes) if info.bytes is not None else len(info.text) for info in self._infos), default=1
+        )
 
     @staticmethod
     def _piece_bytes(
