@@ -53,8 +53,10 @@ def refuse_obviously_too_long(request: ChatCompletionRequest, limits: ModelLimit
     wanted = request.max_completion_tokens or request.max_tokens or 1
     if at_least + wanted > limits.context_length:
         raise ContextLengthExceeded(
-            f"This model's maximum context length is {limits.context_length} tokens. However, your messages "
-            f"hold {chars} characters, at least {at_least} tokens. Please reduce the length of the messages.",
+            f"This model's maximum context length is {limits.context_length} tokens. However, you requested "
+            f"at least {at_least + wanted} tokens (at least {at_least} in the messages, which hold {chars} "
+            f"characters, {wanted} in the completion). Please reduce the length of the messages or "
+            "completion.",
             param="messages",
         )
 
