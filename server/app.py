@@ -77,6 +77,7 @@ def create_app(
     app.state.lifecycle = lifecycle
     app.state.metrics = app_metrics
     app.state.metrics_require_key = settings.metrics_require_key
+    app.state.stalled_stream_timeout_s = settings.stalled_stream_timeout_s
     app.state.chat_service = ChatService(
         registry,
         writer,

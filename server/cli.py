@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 
 from server.config import ConfigError, ServerConfig, load_config
@@ -92,5 +93,8 @@ def _serve(config: ServerConfig, host: str, port: int, log_level: str) -> int:
         timeout_graceful_shutdown=5,
     )
     server = GracefulServer(uvicorn_config, drain=app.state.drain)
-    server.run()
+    listener = uvicorn_config.bind_socket()
+    if config.server.send_buffer_bytes is not None:  # accepted connections inherit it
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.server.send_buffer_bytes)
+    server.run(sockets=[listener])
     return 1 if failed else 0

@@ -127,6 +127,16 @@ class ServerSettings(_Strict):
     request_timeout_s: Annotated[float, Field(gt=0)] | None = 600.0
     # On SIGTERM: how long running generations may go on before they are cancelled.
     shutdown_timeout_s: Annotated[float, Field(ge=0)] = 30.0
+    # A request body not received whole within this many seconds is answered 408 (slow clients).
+    body_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    # A stream whose client takes nothing for this long is given up (its choices were already
+    # parked, out of the batch, once their unread output piled up). None: never.
+    stalled_stream_timeout_s: Annotated[float, Field(gt=0)] | None = 30.0
+    # Each connection's kernel send buffer (SO_SNDBUF; Linux doubles it). Left to autotune, Linux
+    # takes ~3 MB from a client that reads nothing before a write blocks (thousands of tokens
+    # nobody reads, while their sequences hold batch slots); with 64 KiB a write blocks after about
+    # 300 KB, and the stream's choices are parked. None: the system's default.
+    send_buffer_bytes: Annotated[int, Field(ge=4096)] | None = 64 * 1024
     # GET /metrics needs an API key (any configured one) when true.
     metrics_require_key: bool = False
     # Log lines as plain text or one JSON object per line.

@@ -75,6 +75,11 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        self.stalled_streams = Counter(
+            f"{PREFIX}_stalled_streams",
+            "Streams given up because their client stopped reading (server.stalled_stream_timeout_s)",
+            registry=r,
+        )
         r.register(_EngineCollector(engine_stats))
         if store_writer is not None:
             r.register(_StoreCollector(store_writer))
@@ -88,6 +93,10 @@ class _EngineCollector(Collector):
         gauges = {
             "running": ("running_sequences", "Sequences in the running batch"),
             "waiting": ("waiting_sequences", "Sequences waiting for a place in the batch (queue depth)"),
+            "parked": (
+                "parked_sequences",
+                "Sequences out of the batch until their reader takes their output",
+            ),
             "kv_tokens_used": ("kv_cache_used_tokens", "Tokens held in the KV cache by running sequences"),
             "kv_tokens_allocated": (
                 "kv_cache_allocated_tokens",
@@ -112,8 +121,7 @@ class _EngineCollector(Collector):
 
 
 class _StoreCollector(Collector):
-    """`store: true` writes happen after the response, on the writer thread: their outcome is only
-    visible here (and in the log)."""
+    """`store: true` writes happen on the writer thread, each before its response ends."""
 
     def __init__(self, writer: StoreWriter) -> None:
         self._writer = writer

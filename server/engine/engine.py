@@ -68,6 +68,7 @@ class Engine:
         self._incoming: list[list[Sequence]] = []
         self._queued = 0  # sequences submitted but not yet handed to the scheduler
         self._aborts: set[str] = set()
+        self._parking: dict[str, bool] = {}  # request id -> park (True) or resume (False), latest wins
         self._abort_everything = False
         self._stopped = False
         self._thread: threading.Thread | None = None
@@ -126,6 +127,13 @@ class Engine:
             self._aborts.add(request_id)
             self._wake.notify()
 
+    def park(self, request_id: str, parked: bool) -> None:
+        """Parks a sequence whose output is not being read (it leaves the batch and its slot), or
+        resumes it; a sequence that already finished is left alone."""
+        with self._wake:
+            self._parking[request_id] = parked
+            self._wake.notify()
+
     def abort_all(self) -> None:
         """Cancels every queued and running sequence (their consumers get FinishReason.ABORT)."""
         with self._wake:
@@ -148,6 +156,7 @@ class Engine:
                     self._stopped
                     or self._incoming
                     or self._aborts
+                    or self._parking
                     or self._abort_everything
                     or scheduler.has_work()
                 ):
@@ -156,6 +165,7 @@ class Engine:
                     break
                 incoming, self._incoming, self._queued = self._incoming, [], 0
                 aborts, self._aborts = self._aborts, set()
+                parking, self._parking = self._parking, {}
                 abort_everything, self._abort_everything = self._abort_everything, False
             for seqs in incoming:
                 for seq in seqs:
@@ -170,6 +180,10 @@ class Engine:
                 seq = self._by_id.get(request_id)
                 if seq is not None:
                     self._finish(seq, FinishReason.ABORT)
+            for request_id, parked in parking.items():
+                seq = self._by_id.get(request_id)
+                if seq is not None:
+                    (scheduler.park if parked else scheduler.resume)(seq)
             for seq in scheduler.overdue(time.monotonic()):
                 self._finish(seq, FinishReason.QUEUE_TIMEOUT, "waited too long for a place in the batch")
             if scheduler.has_work():
@@ -189,6 +203,7 @@ class Engine:
         self.stats = EngineStats(
             running=len(scheduler.running),
             waiting=len(scheduler.waiting),
+            parked=len(scheduler.parked),
             kv_tokens_used=sum(s.num_computed for s in scheduler.running),
             kv_tokens_allocated=cache.num_slots * cache.capacity,
             kv_bytes_allocated=cache.num_slots * cache.capacity * cache.bytes_per_token,
@@ -262,13 +277,21 @@ class Engine:
         self._by_id.pop(seq.request_id, None)
 
 
+# A choice with this many outputs its reader has not taken yet is parked (out of the batch, its slot
+# free for others) until the reader is down to RESUME_UNREAD: a client that stops reading holds no
+# slot, and what waits for it stays bounded.
+MAX_UNREAD = 32
+RESUME_UNREAD = 8
+
+
 class EngineStream:
     """The merged outputs of the engine requests of one chat request (its `n` choices).
 
     Iterating yields `(index, StepOutput)` until every request has finished or been aborted. Once
     `deadline` (a `time.monotonic()` value) has passed, each choice still open is aborted and yields
     one output with `FinishReason.TIMEOUT`. `close()` aborts whatever is still running; it is safe
-    to call more than once.
+    to call more than once. A choice whose outputs pile up unread (MAX_UNREAD) is parked in the
+    engine and resumed once its reader has caught up.
     """
 
     def __init__(self, engine: Engine, requests: list[EngineRequest], deadline: float | None = None) -> None:
@@ -277,12 +300,14 @@ class EngineStream:
         self._index = {r.request_id: i for i, r in enumerate(requests)}
         self._open = set(range(len(requests)))
         self._queue: asyncio.Queue[StepOutput] = asyncio.Queue()
+        self._unread = [0] * len(requests)
+        self._parked: set[int] = set()
         self._expired = False
         loop = asyncio.get_running_loop()
 
         def sink(out: StepOutput) -> None:
             with contextlib.suppress(RuntimeError):  # a closed event loop: nobody is listening
-                loop.call_soon_threadsafe(self._queue.put_nowait, out)
+                loop.call_soon_threadsafe(self._arrived, out)
 
         engine.submit(requests, sink)
         # One timer per request, not a timeout per awaited token; it wakes a waiting reader.
@@ -293,6 +318,21 @@ class EngineStream:
     def _expire(self) -> None:
         self._expired = True
         self._queue.put_nowait(_DEADLINE)
+
+    def _arrived(self, out: StepOutput) -> None:
+        self._queue.put_nowait(out)
+        index = self._index[out.request_id]
+        self._unread[index] += 1
+        if self._unread[index] >= MAX_UNREAD and index in self._open and index not in self._parked:
+            self._parked.add(index)
+            self._engine.park(out.request_id, True)
+
+    def _taken(self, index: int) -> None:
+        self._unread[index] -= 1
+        if index in self._parked and self._unread[index] <= RESUME_UNREAD:
+            self._parked.discard(index)
+            if index in self._open:
+                self._engine.park(self._requests[index].request_id, False)
 
     def __aiter__(self) -> EngineStream:
         return self
@@ -305,6 +345,7 @@ class EngineStream:
                 self.abort(index)
                 return index, StepOutput(self._requests[index].request_id, None, FinishReason.TIMEOUT)
             index = self._index[out.request_id]
+            self._taken(index)
             if index not in self._open:
                 continue  # late output of a request already aborted
             if out.finish_reason is not None:

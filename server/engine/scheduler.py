@@ -4,7 +4,10 @@ Each step: running sequences that are decoding feed one token each; sequences st
 prompt continue in chunks; waiting sequences are admitted (FIFO) while there are slots and token
 budget. The KV layout (slots x capacity) follows the longest sequence within the KV budget; when a
 sequence outgrows it and fewer slots fit, the newest running sequences are preempted: they free
-their slot and are recomputed from their tokens later (their generated tokens are kept).
+their slot and are recomputed from their tokens later (their generated tokens are kept). A
+sequence whose reader has fallen behind is parked: it leaves the batch and its slot (its KV stays
+there as a cached prefix) until it is resumed, at the head of the queue; it then takes its own
+cached KV back in place unless another sequence needed that slot meanwhile.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Scheduler:
         self.config = config
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.parked: set[Sequence] = set()
         self.table = SlotTable(config.max_running)
         self.capacity = config.min_capacity
         self.preemptions = 0  # how many times a running sequence was preempted, in all
@@ -81,7 +85,32 @@ class Scheduler:
             self.table.release(seq, keep=True)
         elif seq.state is SeqState.WAITING:
             self.waiting.remove(seq)
+        elif seq.state is SeqState.PARKED:
+            self.parked.discard(seq)
         seq.state = SeqState.FINISHED
+
+    def park(self, seq: Sequence) -> None:
+        """Takes the sequence out of the batch and the queue; its KV stays in its slot as a cached
+        prefix (reused in place on resume, unless another sequence needs the slot first)."""
+        if seq.state is SeqState.RUNNING:
+            self.running.remove(seq)
+            self.table.release(seq, keep=True)
+        elif seq.state is SeqState.WAITING:
+            self.waiting.remove(seq)
+        else:
+            return
+        seq.num_computed = 0
+        seq.parks += 1
+        seq.state = SeqState.PARKED
+        self.parked.add(seq)
+
+    def resume(self, seq: Sequence) -> None:
+        """A parked sequence goes back to the head of the queue (it was admitted before)."""
+        if seq.state is not SeqState.PARKED:
+            return
+        self.parked.discard(seq)
+        seq.state = SeqState.WAITING
+        self.waiting.appendleft(seq)
 
     def overdue(self, now: float) -> list[Sequence]:
         """Waiting sequences never admitted within `max_queue_wait_s` of being submitted (a preempted
@@ -191,7 +220,7 @@ class Scheduler:
                 if not match.adopt:
                     plan.kv_ops.append((match.slot, target, match.tokens))
                 seq.num_computed = match.tokens
-                if seq.preemptions == 0:
+                if not seq.readmitted:
                     seq.cached_tokens = min(match.tokens, seq.num_prompt)
             length = min(seq.pending, budget)
             plan.prefills.append(Chunk(seq, seq.num_computed, length))

@@ -12,6 +12,7 @@ from server.engine.types import SamplingParams
 class SeqState(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
+    PARKED = "parked"  # its reader is behind: out of the batch, holding no slot, until resumed
     FINISHED = "finished"
 
 
@@ -28,6 +29,7 @@ class Sequence:
     num_computed: int = 0  # leading tokens whose keys and values are in the slot
     cached_tokens: int = 0  # prompt tokens reused from an earlier sequence's KV
     preemptions: int = 0
+    parks: int = 0  # times it was parked because its reader fell behind
     payload: Any = field(default=None)  # the engine's per-sequence state (sampler, sink)
 
     @property
@@ -35,8 +37,13 @@ class Sequence:
         return len(self.token_ids) - self.num_prompt
 
     @property
+    def readmitted(self) -> bool:
+        """It ran before and left the batch (preempted, or parked): its KV is recomputed or reused."""
+        return self.preemptions > 0 or self.parks > 0
+
+    @property
     def never_admitted(self) -> bool:
-        return self.state is SeqState.WAITING and self.preemptions == 0 and self.num_computed == 0
+        return self.state is SeqState.WAITING and not self.readmitted and self.num_computed == 0
 
     @property
     def pending(self) -> int:

@@ -89,6 +89,7 @@ class EngineStats:
 
     running: int = 0
     waiting: int = 0
+    parked: int = 0  # out of the batch while their readers catch up
     kv_tokens_used: int = 0  # tokens whose keys and values the running sequences hold
     kv_tokens_allocated: int = 0  # slots x capacity of the cache as allocated now
     kv_bytes_allocated: int = 0

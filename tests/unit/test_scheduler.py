@@ -222,3 +222,35 @@ def test_layout_never_exceeds_the_budget() -> None:
         assert len(s.running) <= plan.num_slots
         assert len({x.slot for x in s.running}) == len(s.running)
         assert all(x.slot is not None and x.slot < plan.num_slots for x in s.running)
+
+
+def test_a_parked_sequence_frees_its_slot_and_resumes_on_its_own_kv() -> None:
+    s = Scheduler(config(max_running=1, max_queue_wait_s=0.001))
+    a, b = seq("a", 20), seq("b", 20, 2000)
+    s.add([a])
+    for _ in range(3):
+        run(s)
+    s.park(a)
+    assert a.state is SeqState.PARKED and a.slot is None and not s.has_work()
+    s.add([b])  # the slot a left is free for b ...
+    assert b in [ch.seq for ch in run(s).prefills]
+    s.finish(b)
+    s.resume(a)  # ... and a comes back to the head of the queue, never "overdue" (it was admitted)
+    assert s.overdue(now=1e9) == []
+    plan = run(s)
+    # b took the slot over, so a's cached prefix is gone: it is recomputed, all of it.
+    assert [(ch.seq, ch.start) for ch in plan.prefills] == [(a, 0)]
+
+
+def test_a_parked_sequence_whose_slot_was_kept_takes_its_kv_back_in_place() -> None:
+    s = Scheduler(config(max_running=2))
+    a = seq("a", 20)
+    s.add([a])
+    for _ in range(3):
+        run(s)
+    slot, computed = a.slot, a.num_computed
+    s.park(a)
+    s.resume(a)
+    plan = run(s)
+    assert a.slot == slot and not plan.kv_ops
+    assert [(ch.seq, ch.start, ch.length) for ch in plan.chunks] == [(a, computed, 1)]

@@ -9,7 +9,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from server.api import sse
 from server.api.json_checks import check_json
@@ -46,9 +46,10 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
             await _unless_disconnected(stream.admitted(), request)
         except _ClientGone:
             return Response(status_code=499)
-        return StreamingResponse(
+        return sse.EventStreamResponse(
             sse.encode(stream.for_client(), on_error=lambda error: note_error(request, error)),
-            media_type="text/event-stream",
+            stalled_after_s=request.app.state.stalled_stream_timeout_s,
+            on_stalled=request.app.state.metrics.stalled_streams.inc,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     try:
