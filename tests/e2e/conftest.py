@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -65,6 +66,25 @@ def wait_healthy(process: subprocess.Popen, base: str, log: Path, timeout: float
     raise RuntimeError(f"server not healthy after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
+@contextmanager
+def serving(config: Path, log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A server process for `config` on a free port, healthy: (its base URL, the process). Stopped
+    (SIGTERM, then SIGKILL) at the end unless the caller already stopped it."""
+    port = free_port()
+    process = start_server(config, port, log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(process, base, log)
+        yield base, process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
 def config_with_store(folder: Path, store_url: str) -> Path:
     """The repository's models.yaml, with completions stored at `store_url` (not in the home folder)."""
     config = folder / "models.yaml"
@@ -76,20 +96,9 @@ def config_with_store(folder: Path, store_url: str) -> Path:
 @pytest.fixture(scope="session")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("server")
-    log = folder / "server.log"
-    port = free_port()
     config = config_with_store(folder, f"sqlite:///{folder / 'completions.sqlite3'}")
-    process = start_server(config, port, log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(process, base, log)
+    with serving(config, folder / "server.log") as (base, _):
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import tiny_config_yaml
-from tests.e2e.conftest import free_port, start_server, wait_healthy
+from tests.e2e.conftest import serving
 
 pytestmark = pytest.mark.e2e
 
@@ -24,18 +24,9 @@ pytestmark = pytest.mark.e2e
 def tiny_server(model_dir: Path, folder: Path, settings: str = "") -> Iterator[tuple[str, Path]]:
     config = tiny_config_yaml(model_dir, folder)
     config.write_text(config.read_text() + settings)
-    port, log = free_port(), folder / "server.log"
-    process = start_server(config, port, log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(process, base, log)
+    log = folder / "server.log"
+    with serving(config, log) as (base, _):
         yield base, log
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except Exception:
-            process.kill()
 
 
 def _raw_request(base: str, body: bytes, headers: str = "", rcvbuf: int | None = None) -> socket.socket:

@@ -22,7 +22,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.generation import GenerationMode
 
 from tests.conftest import tiny_config_yaml
-from tests.e2e.conftest import free_port, start_server, wait_healthy
+from tests.e2e.conftest import serving
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 # Generated requests stay cheap: short completions, few choices, one deadline for stragglers.
@@ -36,18 +36,12 @@ def fuzz_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     folder = tmp_path_factory.mktemp("fuzz")
     config = tiny_config_yaml(tiny_model_dir, folder, "    defaults: {max_tokens: 4}\n")
     config.write_text(config.read_text() + SERVER_SETTINGS)
-    port, log = free_port(), folder / "server.log"
-    process = start_server(config, port, log)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(process, base, log)
+    log = folder / "server.log"
+    with serving(config, log) as (base, process):
         yield base, log
         assert process.poll() is None, "the server died during the fuzz run"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
 
 
 def _check(response: object, method: str) -> str:
