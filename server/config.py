@@ -168,6 +168,19 @@ class ServerConfig(_Strict):
             seen.add(spec.id)
         return self
 
+    @model_validator(mode="after")
+    def _room_for_every_choice(self) -> ServerConfig:
+        """A request's `n` choices are queued together: a queue shorter than the largest `n`
+        allowed would answer such a request 429 forever (clients retry a 429)."""
+        max_n = self.server.limits.max_n
+        for spec in self.models:
+            if spec.engine.max_waiting < max_n:
+                raise ValueError(
+                    f"model {spec.id!r}: engine.max_waiting ({spec.engine.max_waiting}) is below "
+                    f"server.limits.max_n ({max_n}); raise it, or lower max_n"
+                )
+        return self
+
 
 def _where(raw: Any, loc: tuple[int | str, ...]) -> str:
     if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):

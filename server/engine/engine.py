@@ -21,7 +21,7 @@ import torch
 from server.engine.model_runner import ModelRunner
 from server.engine.sampler import SequenceSampler, sample_batch
 from server.engine.scheduler import Scheduler, StepPlan
-from server.engine.sequence import SeqState, Sequence
+from server.engine.sequence import RequestGroup, SeqState, Sequence
 from server.engine.types import (
     EngineConfig,
     EngineRequest,
@@ -105,6 +105,7 @@ class Engine:
         """Queues the requests (the choices of one chat request) together; raises QueueFull."""
         seqs = []
         now = time.monotonic()
+        group = RequestGroup()
         for request in requests:
             seq = Sequence(
                 request.request_id,
@@ -112,6 +113,7 @@ class Engine:
                 len(request.prompt_token_ids),
                 request.params,
                 enqueued_at=now,
+                group=group,
             )
             # Its sampler (torch tensors) is made on the engine thread.
             seq.payload = _Consumer(sink, request.mask_fn)

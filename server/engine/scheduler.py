@@ -114,7 +114,8 @@ class Scheduler:
 
     def overdue(self, now: float) -> list[Sequence]:
         """Waiting sequences never admitted within `max_queue_wait_s` of being submitted (a preempted
-        sequence has been admitted: it is never overdue)."""
+        sequence has been admitted, and so has every choice of a request one of whose choices has:
+        those are never overdue)."""
         limit = self.config.max_queue_wait_s
         if limit is None:
             return []
@@ -215,6 +216,7 @@ class Scheduler:
                 self.capacity = capacity
                 self._compact(plan, usable)
             seq.state = SeqState.RUNNING
+            seq.group.admitted = True
             self.running.append(seq)
             if match is not None:
                 if not match.adopt:

@@ -17,6 +17,14 @@ class SeqState(enum.Enum):
 
 
 @dataclass(slots=True, eq=False)
+class RequestGroup:
+    """The sequences of one request (its `n` choices): once one of them is admitted, the request
+    has its place, and the others are never refused for waiting (they run as slots free up)."""
+
+    admitted: bool = False
+
+
+@dataclass(slots=True, eq=False)
 class Sequence:
     request_id: str
     token_ids: list[int]  # the prompt, then every generated token
@@ -31,6 +39,7 @@ class Sequence:
     preemptions: int = 0
     parks: int = 0  # times it was parked because its reader fell behind
     payload: Any = field(default=None)  # the engine's per-sequence state (sampler, sink)
+    group: RequestGroup = field(default_factory=RequestGroup)
 
     @property
     def generated(self) -> int:
@@ -43,7 +52,13 @@ class Sequence:
 
     @property
     def never_admitted(self) -> bool:
-        return self.state is SeqState.WAITING and not self.readmitted and self.num_computed == 0
+        """Neither it nor another choice of its request has had a place in the batch yet."""
+        return (
+            self.state is SeqState.WAITING
+            and not self.readmitted
+            and self.num_computed == 0
+            and not self.group.admitted
+        )
 
     @property
     def pending(self) -> int:

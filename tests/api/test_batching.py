@@ -26,9 +26,11 @@ def _messages(prompt: str) -> list[dict]:
 
 @asynccontextmanager
 async def serving(
-    model_dir: Path, tmp_path: Path, engine: str
+    model_dir: Path, tmp_path: Path, engine: str, server: str = ""
 ) -> AsyncIterator[tuple[FastAPI, openai.AsyncOpenAI]]:
-    config = load_config(tiny_config_yaml(model_dir, tmp_path, f"    engine: {{{engine}}}\n"))
+    path = tiny_config_yaml(model_dir, tmp_path, f"    engine: {{{engine}}}\n")
+    path.write_text(path.read_text() + server)
+    config = load_config(path)
     app = create_app(config)
     async with app.router.lifespan_context(app):
         while not app.state.registry.ready:
@@ -159,7 +161,8 @@ async def _late(client: openai.AsyncOpenAI, prompt: str, args: dict) -> str:
 
 
 async def test_full_queue_answers_429(tiny_model_dir: Path, tmp_path: Path) -> None:
-    async with serving(tiny_model_dir, tmp_path, "max_running: 1, max_waiting: 1") as (_, client):
+    one = "  limits: {max_n: 1}\n"
+    async with serving(tiny_model_dir, tmp_path, "max_running: 1, max_waiting: 1", one) as (_, client):
         raw = client.with_options(max_retries=0)
         first = asyncio.ensure_future(_text(raw, PROMPTS[0], max_tokens=300))
         await asyncio.sleep(0.3)
@@ -184,3 +187,18 @@ async def test_a_long_prompt_alone_is_read_in_chunks(tiny_model_dir: Path, tmp_p
     (tmp_path / "whole").mkdir()
     async with serving(tiny_model_dir, tmp_path / "whole", "max_batch_tokens: 512") as (_, client):
         assert await _text(client, prompt, max_tokens=5, temperature=0) == chunked
+
+
+async def test_more_choices_than_batch_slots_are_all_served_however_long_they_wait(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """n above max_running: the choices beyond it wait for slots; once the request's first choice
+    has its place, none of them is refused for waiting (a 429 mid-request would be retried forever)."""
+    engine = "max_running: 2, max_waiting: 8, max_queue_wait_s: 0.2"
+    async with serving(tiny_model_dir, tmp_path, engine, "  limits: {max_n: 8}\n") as (_, client):
+        r = await client.with_options(max_retries=0).chat.completions.create(
+            model="tiny", messages=_messages(PROMPTS[0]), n=6, max_tokens=60, temperature=0
+        )
+        assert [c.index for c in r.choices] == list(range(6))
+        assert all(c.finish_reason == "length" for c in r.choices)
+        assert len({c.message.content for c in r.choices}) == 1  # greedy: the same for every choice

@@ -59,3 +59,10 @@ def test_broken_config_names_file_entry_and_field(tmp_path: Path, text: str, exp
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_queue_shorter_than_the_largest_n_is_refused(tmp_path: Path) -> None:
+    text = "models:\n  - id: a\n    source: {path: /x}\n    engine: {max_waiting: 8}\n"
+    with pytest.raises(ConfigError, match="max_waiting"):
+        load_config(_write(tmp_path, text))
+    assert load_config(_write(tmp_path, text + "server:\n  limits: {max_n: 8}\n")).server.limits.max_n == 8
