@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 import server
 from server.api import handlers
-from server.api.auth import authenticate, load_api_keys
+from server.api.auth import ApiKeyGate, load_api_keys
 from server.api.lifecycle import DrainGate, Lifecycle
 from server.api.limits import BodyLimit
 from server.api.observability import Observability
@@ -76,7 +76,6 @@ def create_app(
     app.state.store_writer = writer
     app.state.lifecycle = lifecycle
     app.state.metrics = app_metrics
-    app.state.metrics_require_key = settings.metrics_require_key
     app.state.stalled_stream_timeout_s = settings.stalled_stream_timeout_s
     app.state.chat_service = ChatService(
         registry,
@@ -89,7 +88,15 @@ def create_app(
     # Called by the CLI's server on SIGTERM.
     app.state.drain = lambda: lifecycle.drain(settings.shutdown_timeout_s, registry.abort_all)
     handlers.install(app)
-    # Middleware, innermost first: the last added sees a request first.
+    # Middleware, innermost first: the last added sees a request first. The key is checked before
+    # the body is read; CORS answers preflights and marks every response, 401s included.
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.limits.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        abandon=lifecycle.drain_started,
+    )
+    app.add_middleware(ApiKeyGate, keys=api_keys, metrics_require_key=settings.metrics_require_key)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -98,13 +105,11 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
             expose_headers=["X-Request-Id"],
         )
-    app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(DrainGate, lifecycle=lifecycle)
+    app.add_middleware(handlers.CatchUnexpected)
     app.add_middleware(Observability, metrics=app_metrics)
-    for module in (chat, stored, models):  # the API: a key is required when keys are configured
-        app.include_router(module.router, dependencies=[Depends(authenticate)])
-    app.include_router(health.router)
-    app.include_router(metrics.router)
+    for module in (chat, stored, models, health, metrics):
+        app.include_router(module.router)
     return app
 
 

@@ -7,11 +7,11 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
-from fastapi import Request
 
-from server.api.errors import AuthenticationFailed
+from server.api.errors import AuthenticationFailed, printable, send_error
 from server.config import ConfigError, ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -23,9 +23,8 @@ DEFAULT_PROJECT = "default"
 class ApiKeys:
     keys: tuple[tuple[bytes, str], ...]  # (key, project)
 
-    def project_of(self, presented: str) -> str | None:
+    def project_of(self, candidate: bytes) -> str | None:
         """Compares against every key in constant time, so timing tells nothing about which matched."""
-        candidate = presented.encode()
         found: str | None = None
         for key, project in self.keys:
             if hmac.compare_digest(candidate, key) and found is None:
@@ -80,22 +79,49 @@ def _from_env(raw: str, name: str) -> list[tuple[str, str]]:
     return pairs
 
 
-async def authenticate(request: Request) -> None:
-    """Router dependency of the /v1 routes: sets `request.state.project`, or answers 401."""
-    keys: ApiKeys | None = request.app.state.api_keys
-    if keys is None:
-        request.state.project = ""
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
-        raise AuthenticationFailed(
-            "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
-        )
-    project = keys.project_of(presented.strip())
-    if project is None:
-        raise AuthenticationFailed(f"Incorrect API key provided: {_masked(presented.strip())}.")
-    request.state.project = project
+class ApiKeyGate:
+    """ASGI middleware: the key is checked from the headers alone, before any of the body is read
+    (an unauthenticated client cannot make the server buffer or wait for a body). Sets
+    `request.state.project` on every /v1 route (and /metrics when `metrics_require_key`)."""
+
+    def __init__(self, app: Any, keys: ApiKeys | None, metrics_require_key: bool = False) -> None:
+        self.app = app
+        self.keys = keys
+        self.metrics_require_key = metrics_require_key
+
+    def _guarded(self, path: str) -> bool:
+        return path == "/v1" or path.startswith("/v1/") or (self.metrics_require_key and path == "/metrics")
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self._guarded(scope["path"]) or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        project = "" if self.keys is None else self._project(scope)
+        if isinstance(project, AuthenticationFailed):
+            # Connection: close, since the body (if any) was never read.
+            await send_error(send, project, headers=((b"connection", b"close"),))
+            return
+        scope.setdefault("state", {})["project"] = project
+        await self.app(scope, receive, send)
+
+    def _project(self, scope: dict) -> str | AuthenticationFailed:
+        assert self.keys is not None
+        header = b""
+        for name, value in scope.get("headers") or ():
+            if name == b"authorization":
+                header = value
+                break
+        scheme, _, presented = header.partition(b" ")
+        presented = presented.strip()
+        if scheme.lower() != b"bearer" or not presented:
+            return AuthenticationFailed(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
+            )
+        project = self.keys.project_of(presented)
+        if project is None:
+            shown = _masked(presented.decode("utf-8", errors="replace"))
+            return AuthenticationFailed(f"Incorrect API key provided: {printable(shown)}.")
+        return project
 
 
 def _masked(key: str) -> str:

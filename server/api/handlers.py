@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from server.api.errors import APIError, error_body, printable
+from server.api.errors import APIError, InternalError, error_body, printable, send_error
 
 logger = logging.getLogger(__name__)
 
@@ -94,15 +94,38 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     return JSONResponse(error_body(message, kind), status_code=exc.status_code, headers=exc.headers)
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unexpected error on %s %s", request.method, request.url.path)
-    return JSONResponse(
-        error_body("The server had an error while processing your request.", "server_error"), 500
-    )
+class CatchUnexpected:
+    """ASGI middleware: an exception no handler knows (a bug) becomes a 500 in OpenAI's shape and
+    the connection stays usable. Starlette's own last-resort handler answers and then re-raises,
+    so the server closed the keep-alive connection under the client, whose next pooled request
+    failed with "connection reset". Once a response has started, nothing can be added to it:
+    the exception goes on (and the connection is closed)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def noting_start(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_start)
+        except Exception:
+            if started:
+                raise
+            logger.exception("unexpected error on %s %s", scope["method"], printable(scope["path"]))
+            error = InternalError("The server had an error while processing your request.")
+            await send_error(send, error)
 
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(APIError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(Exception, _unexpected)

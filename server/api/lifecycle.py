@@ -1,7 +1,9 @@
 """Graceful shutdown: on SIGTERM stop taking requests (503, `/health` too), let the running ones
-finish up to a deadline, cancel what is left, then let the server exit (status 0).
+finish up to a deadline, cancel what is left, then let the server exit (status 0), within the
+deadline plus about 2 seconds whatever the clients do.
 
-`DrainGate` (ASGI middleware) counts the requests in flight and refuses new ones while draining;
+`DrainGate` (ASGI middleware) counts the requests in flight, runs each as a task of its own (so
+that one whose client never lets it finish can be stopped), and refuses new ones while draining;
 `GracefulServer` is uvicorn's server with the first SIGTERM/SIGINT turned into a drain.
 """
 
@@ -22,18 +24,23 @@ logger = logging.getLogger(__name__)
 
 # Still answered while draining: the load balancer's probe (which then says 503) and the metrics.
 UNGATED_PATHS = ("/health", "/metrics")
-CANCEL_GRACE_S = 5.0  # after cancelling, how long the cancelled responses get to end cleanly
+CANCEL_GRACE_S = 0.5  # after cancelling the generations, how long their responses get to end cleanly
+STOP_GRACE_S = 0.5  # after stopping the requests that did not end, how long they get to unwind
 
 
 class Lifecycle:
     def __init__(self) -> None:
         self.draining = False
+        self.drain_started = asyncio.Event()  # requests still sending their bodies give up on it
         self.in_flight = 0
+        self.requests: set[asyncio.Task[None]] = set()
 
     async def drain(self, deadline_s: float, cancel_all: Callable[[], None]) -> None:
-        """Refuses new requests from now on; returns once none is in flight (cancelling the
-        generations still running after `deadline_s`)."""
+        """Refuses new requests from now on; returns once none is in flight: after `deadline_s`
+        the generations still running are cancelled, a moment later any request still going
+        (a client that does not read its stream, say) is stopped."""
         self.draining = True
+        self.drain_started.set()
         logger.info(
             "draining: %d requests in flight, new ones get 503 (deadline %.0f s)", self.in_flight, deadline_s
         )
@@ -41,7 +48,11 @@ class Lifecycle:
             logger.warning("deadline passed: cancelling the %d requests still in flight", self.in_flight)
             cancel_all()
             if not await self._until_idle(CANCEL_GRACE_S):
-                logger.warning("%d requests did not end after being cancelled", self.in_flight)
+                logger.warning("stopping %d requests that did not end after being cancelled", self.in_flight)
+                for request in list(self.requests):
+                    request.cancel()
+                if not await self._until_idle(STOP_GRACE_S):
+                    logger.warning("%d requests are still in flight", self.in_flight)
         logger.info("drained")
 
     async def _until_idle(self, seconds: float) -> bool:
@@ -64,11 +75,32 @@ class DrainGate:
             message = "The server is shutting down and takes no new requests; retry on another replica."
             await send_error(send, ShuttingDown(message), headers=((b"connection", b"close"),))
             return
-        self.lifecycle.in_flight += 1
+        started = False
+
+        async def noting_start(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        lifecycle = self.lifecycle
+        request = asyncio.ensure_future(self.app(scope, receive, noting_start))
+        lifecycle.in_flight += 1
+        lifecycle.requests.add(request)
         try:
-            await self.app(scope, receive, send)
+            await asyncio.wait({request})
+        except asyncio.CancelledError:  # the server's own task was cancelled: so is the request
+            request.cancel()
+            raise
         finally:
-            self.lifecycle.in_flight -= 1
+            lifecycle.in_flight -= 1
+            lifecycle.requests.discard(request)
+        if not request.cancelled():
+            request.result()  # what the app raised goes on up
+            return
+        # Stopped by the drain: answer if nothing was sent yet; else the connection is closed as it is.
+        if not started:
+            message = "The server is shutting down; this request was cancelled."
+            await send_error(send, ShuttingDown(message), headers=((b"connection", b"close"),))
 
 
 class GracefulServer(uvicorn.Server):
@@ -96,6 +128,16 @@ class GracefulServer(uvicorn.Server):
 
     def _start_draining(self) -> None:
         self._drain_task = asyncio.ensure_future(self._drain_then_exit())
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        """After the drain no request is left, but a connection can still be flushing a response
+        to a client that reads nothing (a transport closes only once its buffer is sent): those are
+        dropped, or uvicorn would wait for them."""
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None and transport.get_write_buffer_size() > 0:
+                transport.abort()
+        await super().shutdown(sockets)
 
     async def _drain_then_exit(self) -> None:
         try:

@@ -121,3 +121,42 @@ async def test_cors_only_for_allowlisted_origins(tiny_model_dir: Path, tmp_path:
         other = await http.options("/v1/chat/completions", headers=asking("https://b.example"))
     assert allowed.headers["access-control-allow-origin"] == "https://a.example"
     assert "access-control-allow-origin" not in other.headers
+
+
+async def test_a_wrong_non_ascii_key_is_named_as_sent(http: httpx.AsyncClient) -> None:
+    r = await http.get("/v1/models", headers={"Authorization": "Bearer sk-wrong-clé-é".encode()})
+    assert r.status_code == 401
+    message = r.json()["error"]["message"]
+    assert "-é" in message and "Ã" not in message  # UTF-8, not read as Latin-1
+
+
+async def test_the_key_is_checked_before_the_body_is_read(keyed_app: object) -> None:
+    """A request without a key gets its 401 while its body is still on the way (never read)."""
+    sent: list[dict] = []
+    read = 0
+
+    async def receive() -> dict:
+        nonlocal read
+        read += 1
+        raise AssertionError("the body was read before the key was checked")
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"100000")],
+        "client": ("127.0.0.1", 1),
+        "server": ("t", 80),
+        "scheme": "http",
+        "http_version": "1.1",
+        "root_path": "",
+        "asgi": {"version": "3.0"},
+    }
+    await keyed_app(scope, receive, send)  # type: ignore[operator]
+    assert read == 0 and sent[0]["status"] == 401
+    assert (b"connection", b"close") in sent[0]["headers"]

@@ -150,3 +150,23 @@ async def test_server_keeps_serving_after_errors(http: httpx.AsyncClient) -> Non
         await http.post("/v1/chat/completions", content=b"[]", headers={"content-type": "application/json"})
     r = await http.post("/v1/chat/completions", json={"model": "tiny", "messages": MSG, "max_tokens": 2})
     assert r.status_code == 200
+
+
+async def test_an_unexpected_error_is_a_500_that_leaves_the_app_serving(
+    http: httpx.AsyncClient, tiny_app, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug (an exception no handler knows) is rendered by the app itself: nothing escapes to the
+    server, which would otherwise drop the keep-alive connection under the client."""
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(tiny_app.state.chat_service, "start", broken)
+    strict = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=tiny_app, raise_app_exceptions=True), base_url="http://t"
+    )
+    async with strict:
+        r = await strict.post("/v1/chat/completions", json={"model": "tiny", "messages": MSG})
+        error = _assert_error(r, 500)
+        assert error["type"] == "server_error" and "a bug" not in error["message"]
+        assert (await strict.get("/v1/models")).status_code == 200

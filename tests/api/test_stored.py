@@ -133,6 +133,12 @@ async def test_update_replaces_metadata_and_delete_removes(served: tuple) -> Non
     with pytest.raises(openai.BadRequestError) as too_many:
         await client.chat.completions.update(completion_id, metadata={f"k{i}": "v" for i in range(17)})
     assert too_many.value.body["param"] == "metadata"
+    # `null` clears the metadata, as `{}` does (README: Stored completions); it is never ignored.
+    cleared = await client.chat.completions.update(completion_id, metadata=None)
+    assert cleared.model_dump()["metadata"] == {}
+    got = await client.chat.completions.retrieve(completion_id)
+    assert got.model_dump()["metadata"] == {}
+    await client.chat.completions.update(completion_id, metadata={"stage": "reviewed"})
     deleted = await client.chat.completions.delete(completion_id)
     assert deleted.deleted and deleted.id == completion_id and deleted.object == "chat.completion.deleted"
     for call in (
