@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from server.api.errors import APIError, InternalError, error_body, printable, send_error
+from server.api.errors import APIError, InternalError, TrackedSend, error_body, printable, send_error
 
 logger = logging.getLogger(__name__)
 
@@ -108,17 +108,11 @@ class CatchUnexpected:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def noting_start(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        tracked = TrackedSend(send)
         try:
-            await self.app(scope, receive, noting_start)
+            await self.app(scope, receive, tracked)
         except Exception:
-            if started:
+            if tracked.started:
                 raise
             logger.exception("unexpected error on %s %s", scope["method"], printable(scope["path"]))
             error = InternalError("The server had an error while processing your request.")

@@ -18,7 +18,7 @@ from typing import Any
 
 import uvicorn
 
-from server.api.errors import ShuttingDown, send_error
+from server.api.errors import ShuttingDown, TrackedSend, send_error
 
 logger = logging.getLogger(__name__)
 
@@ -75,15 +75,9 @@ class DrainGate:
             message = "The server is shutting down and takes no new requests; retry on another replica."
             await send_error(send, ShuttingDown(message), headers=((b"connection", b"close"),))
             return
-        started = False
-
-        async def noting_start(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        tracked = TrackedSend(send)
         lifecycle = self.lifecycle
-        request = asyncio.ensure_future(self.app(scope, receive, noting_start))
+        request = asyncio.ensure_future(self.app(scope, receive, tracked))
         lifecycle.in_flight += 1
         lifecycle.requests.add(request)
         try:
@@ -98,7 +92,7 @@ class DrainGate:
             request.result()  # what the app raised goes on up
             return
         # Stopped by the drain: answer if nothing was sent yet; else the connection is closed as it is.
-        if not started:
+        if not tracked.started:
             message = "The server is shutting down; this request was cancelled."
             await send_error(send, ShuttingDown(message), headers=((b"connection", b"close"),))
 
