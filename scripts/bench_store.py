@@ -17,7 +17,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.conftest import config_with_store, free_port, start_server, wait_healthy  # noqa: E402
+from scripts.bench_support import report, server_at  # noqa: E402
 
 
 def timed(client: httpx.Client, url: str, model: str, store: bool, stream: bool, i: int) -> tuple[float, str]:
@@ -81,51 +80,31 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=40, help="per kind and mode")
     parser.add_argument("--out", default=str(REPO / "bench-results"))
     args = parser.parse_args()
-    process = None
-    url = args.url
-    if url is None:
-        folder = Path(tempfile.mkdtemp(prefix="bench-store-"))
-        store_url = args.store_url or f"sqlite:///{folder / 'completions.sqlite3'}"
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        process = start_server(config_with_store(folder, store_url), port, folder / "server.log")
-        wait_healthy(process, url, folder / "server.log")
-    results: dict[str, float] = {}
-    try:
-        with httpx.Client(timeout=120) as client:
-            for stream in (False, True):
-                times: dict[bool, list[float]] = {True: [], False: []}
-                readable: list[float] = []
-                misses = 0
-                for i in range(args.requests + 2):
-                    for store in (True, False):
-                        elapsed, completion_id = timed(client, url, args.model, store, stream, i)
-                        read_ms, missed = read_back(client, url, completion_id) if store else (0.0, False)
-                        if i >= 2:  # the first rounds warm up
-                            times[store].append(elapsed)
-                            if store:
-                                readable.append(elapsed + read_ms)
-                                misses += missed
-                mode = "stream" if stream else "non-stream"
-                stored, plain = statistics.median(times[True]), statistics.median(times[False])
-                results[f"{mode} median ms, store: true"] = round(stored, 2)
-                results[f"{mode} median ms, store: false"] = round(plain, 2)
-                results[f"{mode} store overhead ms"] = round(stored - plain, 2)
-                results[f"{mode} median ms, request sent -> stored completion read"] = round(
-                    statistics.median(readable), 2
-                )
-                results[f"{mode} first reads that missed"] = misses
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(timeout=30)
-    for key, value in results.items():
-        print(f"{key}: {value}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"bench-store-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"results": results, "args": vars(args)}, indent=2))
-    print(f"written: {path}")
+    results: dict[str, object] = {}
+    with server_at(args.url, "bench-store-", args.store_url) as url, httpx.Client(timeout=120) as client:
+        for stream in (False, True):
+            times: dict[bool, list[float]] = {True: [], False: []}
+            readable: list[float] = []
+            misses = 0
+            for i in range(args.requests + 2):
+                for store in (True, False):
+                    elapsed, completion_id = timed(client, url, args.model, store, stream, i)
+                    read_ms, missed = read_back(client, url, completion_id) if store else (0.0, False)
+                    if i >= 2:  # the first rounds warm up
+                        times[store].append(elapsed)
+                        if store:
+                            readable.append(elapsed + read_ms)
+                            misses += missed
+            mode = "stream" if stream else "non-stream"
+            stored, plain = statistics.median(times[True]), statistics.median(times[False])
+            results[f"{mode} median ms, store: true"] = round(stored, 2)
+            results[f"{mode} median ms, store: false"] = round(plain, 2)
+            results[f"{mode} store overhead ms"] = round(stored - plain, 2)
+            results[f"{mode} median ms, request sent -> stored completion read"] = round(
+                statistics.median(readable), 2
+            )
+            results[f"{mode} first reads that missed"] = misses
+    report(results, args, "bench-store")
     return 0
 
 

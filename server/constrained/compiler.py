@@ -44,9 +44,10 @@ class GrammarCompiler:
     """One per served model: the tokenizer converted for llguidance (a few seconds, done once at
     load) and an LRU of compiled grammars, and of those that failed (a grammar refused once is
     refused again at no cost). A matcher is compiled and probed once per distinct grammar and
-    deep-copied (microseconds) for each sequence that uses it. Compiles run on request threads
-    (llguidance drops the GIL) and masks on the engine's mask thread, each on its own matcher;
-    only the cache is shared, so the engine never waits for a compile, however large the grammar.
+    deep-copied (microseconds) for each sequence that uses it. Compiles run on request threads,
+    one at a time (llguidance drops the GIL), and masks on the engine's mask thread, each on its
+    own matcher; only the cache is shared, so the engine never waits for a compile, however large
+    the grammar.
     """
 
     def __init__(
@@ -65,6 +66,9 @@ class GrammarCompiler:
         self._hf = tokenizer
         self._cache: OrderedDict[str, llguidance.LLMatcher | str] = OrderedDict()
         self._lock = threading.Lock()  # guards the cache
+        # Compiles of new grammars queue here; cache hits and masks never wait for one. On a
+        # machine with few cores, several compiles at once would take every core from the engine.
+        self._compiling = threading.Lock()
 
     def special_token(self, text: str) -> int | None:
         """The id of `text` when it is one special token of this vocabulary (e.g. Qwen's `<tool_call>`)."""
@@ -87,12 +91,10 @@ class GrammarCompiler:
                 f"as a grammar it takes {size} bytes, more than this server allows "
                 f"({self.max_grammar_bytes}; server.limits.max_grammar_bytes)"
             )
-        with self._lock:
-            cached = self._cache.get(grammar)
-            if cached is not None:
-                self._cache.move_to_end(grammar)
+        cached = self._cached(grammar)
         if cached is None:
-            cached = self._compile(grammar)
+            with self._compiling:  # one compile at a time: at most one core, however many arrive
+                cached = self._cached(grammar) or self._compile(grammar)
             with self._lock:
                 self._cache[grammar] = cached
                 while len(self._cache) > CACHE_SIZE:
@@ -100,6 +102,13 @@ class GrammarCompiler:
         if isinstance(cached, str):
             raise GrammarError(cached)
         return cached
+
+    def _cached(self, grammar: str) -> llguidance.LLMatcher | str | None:
+        with self._lock:
+            cached = self._cache.get(grammar)
+            if cached is not None:
+                self._cache.move_to_end(grammar)
+            return cached
 
     def _compile(self, grammar: str) -> llguidance.LLMatcher | str:
         """The matcher, probed; or why it cannot be used."""

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +74,8 @@ class Engine:
         self._stopped = False
         self._thread: threading.Thread | None = None
         self._by_id: dict[str, Sequence] = {}
+        # Grammar masks are computed here while the forward pass runs (llguidance drops the GIL).
+        self._mask_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-masks")
         self.stats = EngineStats()
 
     def start(self) -> None:
@@ -198,6 +201,7 @@ class Engine:
             self._publish_stats()
         for seq in list(self._by_id.values()):
             self._finish(seq, FinishReason.ABORT)
+        self._mask_thread.shutdown(wait=False, cancel_futures=True)
         self.runner.cache.release()
 
     def _publish_stats(self) -> None:
@@ -218,6 +222,9 @@ class Engine:
         if plan.empty:
             return
         started = time.perf_counter()
+        for chunk in plan.chunks:
+            if chunk.samples:
+                chunk.seq.payload.sampler.start_mask(self._mask_thread)
         try:
             logits = self.runner.run(plan)
         except Exception as exc:  # a failed step fails its sequences, never the loop

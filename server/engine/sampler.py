@@ -10,6 +10,7 @@ else shares the batch.
 from __future__ import annotations
 
 import secrets
+from concurrent.futures import Executor, Future
 
 import torch
 
@@ -36,6 +37,7 @@ class SequenceSampler:
         self.generator.manual_seed(_seed_for(params))
         self.generated: list[int] = []
         self.failure: str | None = None  # the mask hook failed: the engine ends this sequence alone
+        self._mask: Future[torch.Tensor | None] | None = None  # computing while the forward pass runs
         self._bias: torch.Tensor | None = None
         if params.logit_bias:
             self._bias = torch.zeros(vocab_size, dtype=torch.float32)
@@ -47,6 +49,18 @@ class SequenceSampler:
     def sample(self, logits: torch.Tensor) -> SampledToken:
         """One sequence alone: `logits` is its [vocab] row."""
         return sample_batch([self], logits.unsqueeze(0))[0]
+
+    def start_mask(self, executor: Executor) -> None:
+        """Starts computing the next token's mask (it depends only on the tokens so far) on
+        `executor`, so that it is ready when the logits are: a costly grammar then costs the
+        step the longer of the two, not their sum."""
+        if self.mask_fn is not None and self.failure is None:
+            self._mask = executor.submit(self.mask_fn, list(self.generated))
+
+    def _allowed(self) -> torch.Tensor | None:
+        assert self.mask_fn is not None
+        pending, self._mask = self._mask, None
+        return pending.result() if pending is not None else self.mask_fn(self.generated)
 
     @property
     def adjusts(self) -> bool:
@@ -61,7 +75,7 @@ class SequenceSampler:
             row -= self.params.presence_penalty * (self._counts > 0).float()
         if self.mask_fn is not None and self.failure is None:
             try:
-                allowed = self.mask_fn(self.generated)
+                allowed = self._allowed()
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:
