@@ -6,8 +6,11 @@
 
 Each client loops over a seeded random mix: plain and streamed completions, streams the client
 abandons after a few chunks, non-streamed requests it gives up on, invalid bodies (malformed JSON,
-unknown fields, wrong types, unknown model, too many choices), long prompts, prompts over the
-context, JSON-schema outputs and stored completions read back. Loopback only, bounded in time.
+unknown fields, wrong types, unknown model, too many choices), poison input (lone surrogates,
+NaN, deep nesting, odd logit_bias keys, grammars past the limits), bodies sent a byte at a time,
+streams whose client stops reading, long prompts, prompts over the context, JSON-schema outputs
+and stored completions read back. Loopback only, bounded in time. The server it starts gives slow
+bodies 5 s and stalled streams 10 s (`server.body_timeout_s`, `server.stalled_stream_timeout_s`).
 
 Before the load, a warm-up round at full concurrency brings the server to its steady state (KV
 pool, caches); its resident memory then is the baseline. After the load, once the server is idle,
@@ -23,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import random
+import socket
 import sys
 import tempfile
 import time
@@ -64,6 +68,23 @@ def _is_openai_error(response: httpx.Response) -> bool:
     except (ValueError, KeyError, TypeError):
         return False
     return isinstance(error, dict) and set(error) == {"message", "type", "param", "code"}
+
+
+# The server soak.py starts answers slow clients sooner than the defaults do, so they come and go
+# several times within a run.
+SERVER_SETTINGS = "  body_timeout_s: 5\n  stalled_stream_timeout_s: 10\n"
+
+
+def _nested(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def _ref_cycle() -> dict:
+    node = {"type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}, "required": ["x"]}
+    return {"$ref": "#/$defs/a", "$defs": {"a": node}}
 
 
 def _prompt(rng: random.Random, words: int) -> list[dict[str, str]]:
@@ -169,6 +190,94 @@ class Client:
             return
         self.tally.counts["invalid"] += 1
 
+    async def poison(self) -> None:
+        """Input JSON allows but nothing downstream can keep: a 400 naming it, never a 500.
+        (json.dumps writes a lone surrogate as its escape, and a NaN as NaN.)"""
+
+        def schema(value: dict) -> dict:
+            return {"type": "json_schema", "json_schema": {"name": "p", "schema": value}}
+
+        deep_history = [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "x", "annotations": [_nested(100)]},
+            {"role": "user", "content": "again"},
+        ]
+        cases: list[tuple[str, dict]] = [
+            ("surrogate_content", self.body(messages=[{"role": "user", "content": "a\ud800b"}])),
+            ("surrogate_model", self.body(model="m\udc00")),
+            ("surrogate_metadata", self.body(store=True, metadata={"k": "\ud800"})),
+            ("nan", self.body(response_format=schema({"type": "number", "maximum": float("nan")}))),
+            ("deep", self.body(messages=deep_history, store=True)),
+            ("logit_bias_key", self.body(logit_bias={"²": 1})),
+            ("ref_cycle", self.body(response_format=schema(_ref_cycle()))),
+            ("huge_repeat", self.body(response_format=schema({"type": "string", "pattern": "^a{1000000}$"}))),
+            (
+                "oversize_grammar",
+                self.body(response_format=schema({"enum": [f"v{i:06d}" for i in range(20000)]})),
+            ),
+        ]
+        name, body = self.rng.choice(cases)
+        response = await self.http.post(
+            "/v1/chat/completions",
+            content=json.dumps(body).encode(),
+            headers={"content-type": "application/json"},
+        )
+        if response.status_code != 400 or not _is_openai_error(response):
+            self.tally.bad(f"poison/{name}", f"{response.status_code} {response.text}")
+            return
+        self.tally.counts["poison"] += 1
+
+    async def _raw_connection(
+        self, rcvbuf: int | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        url = httpx.URL(str(self.http.base_url))
+        sock = socket.socket()
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (url.host, url.port))
+        return await asyncio.open_connection(sock=sock)
+
+    async def slow_body(self) -> None:
+        """A body sent a byte a second: answered 408 once body_timeout_s has passed."""
+        reader, writer = await self._raw_connection()
+        body = json.dumps(self.body()).encode()
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        try:
+            for byte in body:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                try:
+                    status = await asyncio.wait_for(reader.readline(), 1.0)
+                except TimeoutError:
+                    continue
+                if not status.startswith(b"HTTP/1.1 408"):
+                    self.tally.bad("slow_body", f"answered {status!r}")
+                    return
+                self.tally.counts["slow_body"] += 1
+                return
+            self.tally.bad("slow_body", "the whole body went out a byte a second without a 408")
+        finally:
+            writer.close()
+
+    async def non_reader(self) -> None:
+        """A stream whose client never reads: it must not hold the batch (checked by the others
+        being served) and is given up after stalled_stream_timeout_s; the client leaves at some point."""
+        _, writer = await self._raw_connection(rcvbuf=4096)
+        body = json.dumps(self.body(stream=True, max_tokens=400, n=self.rng.choice([1, 4]))).encode()
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        await asyncio.sleep(self.rng.uniform(2, 15))
+        writer.close()
+        self.tally.counts["non_reader"] += 1
+
     async def long_prompt(self) -> None:
         body = self.body(max_tokens=8)
         body["messages"] = _prompt(self.rng, self.rng.randint(600, 1200))
@@ -234,6 +343,9 @@ class Client:
             (self.abandoned_stream, 2),
             (self.abandoned_request, 1),
             (self.invalid, 4),
+            (self.poison, 3),
+            (self.slow_body, 1),
+            (self.non_reader, 1),
             (self.long_prompt, 1),
             (self.over_context, 1),
             (self.structured, 2),
@@ -262,18 +374,23 @@ async def run_clients(url: str, model: str, clients: int, seconds: float, seed: 
 
 
 async def wait_idle(url: str, timeout: float = 120) -> dict[str, float]:
-    """Waits until no sequence runs or waits; returns the engine gauges then."""
+    """Waits until no sequence runs, waits or is parked; returns the engine gauges then."""
     end = time.monotonic() + timeout
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         while True:
             gauges = {}
             for line in (await http.get("/metrics")).text.splitlines():
                 if line.startswith(
-                    ("openweights_running_sequences", "openweights_waiting_sequences", "openweights_kv")
+                    (
+                        "openweights_running_sequences",
+                        "openweights_waiting_sequences",
+                        "openweights_parked_sequences",
+                        "openweights_kv",
+                    )
                 ):
                     name, value = line.rsplit(" ", 1)
                     gauges[name] = float(value)
-            busy = sum(v for k, v in gauges.items() if "running" in k or "waiting" in k)
+            busy = sum(v for k, v in gauges.items() if "running" in k or "waiting" in k or "parked" in k)
             if busy == 0 or time.monotonic() > end:
                 return gauges
             await asyncio.sleep(0.5)
@@ -299,6 +416,7 @@ def main() -> int:
     url = args.url
     if url is None:
         config = config_with_store(workdir, f"sqlite:///{workdir / 'store.sqlite3'}")
+        config.write_text(config.read_text() + SERVER_SETTINGS)
         port, log = free_port(), workdir / "server.log"
         url = f"http://127.0.0.1:{port}"
         process = start_server(config, port, log)
