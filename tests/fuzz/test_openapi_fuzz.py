@@ -18,6 +18,7 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation import GenerationMode
 
@@ -105,5 +106,94 @@ def test_fuzz_the_http_api_from_its_openapi_document(fuzz_server: tuple[str, Pat
             json.dumps({"requests": tried, "by_status": statuses}, indent=1)
         )
     assert operations >= 8 and len({key.rsplit(" ", 1)[0] for key in statuses}) == operations
+    logged = log.read_text(errors="replace")
+    assert "Traceback" not in logged and "unexpected error" not in logged, logged[-3000:]
+
+
+def _places(value: object, path: tuple = ()) -> Iterator[tuple[tuple, str]]:
+    """Every place a string can be poisoned: ("value", path) for a string, ("key", path) for a key."""
+    if isinstance(value, str):
+        yield path, "value"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield (*path, key), "key"
+            yield from _places(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _places(item, (*path, index))
+
+
+def _poisoned(body: dict, data: st.DataObject) -> dict:
+    """The body with a lone surrogate put into one of its strings or keys, or one of its values
+    nested 65 to 300 levels deep."""
+    places = list(_places(body))
+    if data.draw(st.booleans(), label="nest") or not places:
+        where = data.draw(st.sampled_from([p for p, kind in places if kind == "key"] or [()]), label="where")
+        depth = data.draw(st.integers(65, 300), label="depth")
+        nested: object = "x"
+        for _ in range(depth):
+            nested = [nested]
+        return _replace(body, where, nested) if where else {**body, "deep": nested}
+    where, kind = data.draw(st.sampled_from(places), label="where")
+    surrogate = data.draw(st.sampled_from(["\ud800", "\udbff", "\udc00", "\udfff"]), label="surrogate")
+    if kind == "key":
+        parent = _get(body, where[:-1])
+        renamed = {(k + surrogate if k == where[-1] else k): v for k, v in parent.items()}
+        return _replace(body, where[:-1], renamed) if where[:-1] else renamed
+    text = _get(body, where)
+    at = data.draw(st.integers(0, len(text)), label="at")
+    return _replace(body, where, text[:at] + surrogate + text[at:])
+
+
+def _get(value: object, path: tuple) -> object:
+    for step in path:
+        value = value[step]  # type: ignore[index]
+    return value
+
+
+def _replace(value: object, path: tuple, new: object) -> object:
+    if not path:
+        return new
+    copied = dict(value) if isinstance(value, dict) else list(value)  # type: ignore[call-overload]
+    copied[path[0]] = _replace(copied[path[0]], path[1:], new)
+    return copied
+
+
+def test_fuzzed_bodies_with_a_lone_surrogate_or_deep_nesting_are_400(fuzz_server: tuple[str, Path]) -> None:
+    """Valid chat bodies from the OpenAPI document, each poisoned in one place: always a 400 in
+    OpenAI's shape, nothing of it stored, and every list of stored completions still readable."""
+    base, log = fuzz_server
+    schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+    chat = next(
+        r.ok() for r in schema.get_all_operations() if f"{r.ok().method.upper()} {r.ok().path}" == CHAT
+    )
+    sent = 0
+
+    @settings(
+        max_examples=EXAMPLES * 2, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(case=chat.as_strategy(generation_mode=GenerationMode.POSITIVE), data=st.data())
+    def run(case: schemathesis.Case, data: st.DataObject) -> None:
+        nonlocal sent
+        if not isinstance(case.body, dict):
+            return
+        body = _poisoned({**case.body, "model": "tiny", "store": True}, data)
+        raw = json.dumps(body).encode()  # a lone surrogate goes out as its escape, "\ud800"
+        response = httpx.post(
+            f"{base}/v1/chat/completions",
+            content=raw,
+            headers={"content-type": "application/json"},
+            timeout=60,
+        )
+        assert response.status_code == 400, (response.status_code, response.text[:500], raw[:300])
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+        sent += 1
+
+    run()
+    assert sent >= EXAMPLES
+    listed = httpx.get(f"{base}/v1/chat/completions", params={"limit": 100}, timeout=30)
+    assert listed.status_code == 200 and listed.json()["object"] == "list"
+    _still_serving(base)
     logged = log.read_text(errors="replace")
     assert "Traceback" not in logged and "unexpected error" not in logged, logged[-3000:]
