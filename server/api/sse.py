@@ -47,15 +47,14 @@ async def encode(
     yield DONE
 
 
-class _Stalled(Exception):
-    pass
-
-
 class EventStreamResponse(StreamingResponse):
     """A stream whose client stops reading is given up: once one write has waited `stalled_after_s`
-    for the client (the socket's buffers full, nothing taken), the response ends there, its
-    generator is closed (which aborts the generation) and the connection is dropped. Before that,
-    the engine has already parked the stream's unread choices, so they held no batch slot."""
+    for the client (the socket's buffers full, nothing taken), the request's task is cancelled,
+    its generator closed (which aborts the generation) and the connection dropped. Before that,
+    the engine has already parked the stream's unread choices, so they held no batch slot.
+
+    One timer per stream checks the write in progress, a few times per `stalled_after_s`
+    (a timeout around every write would cost a task per token)."""
 
     def __init__(
         self,
@@ -68,25 +67,41 @@ class EventStreamResponse(StreamingResponse):
         self._content = content
         self._stalled_after_s = stalled_after_s
         self._on_stalled = on_stalled
-
-    async def stream_response(self, send: Any) -> None:
-        limit = self._stalled_after_s
-        if limit is None:
-            await super().stream_response(send)
-            return
-
-        async def bounded_send(message: dict) -> None:
-            try:
-                await asyncio.wait_for(send(message), limit)
-            except TimeoutError:
-                raise _Stalled from None
-
-        await super().stream_response(bounded_send)
+        self._stalled = False
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
+        limit = self._stalled_after_s
+        if limit is None:
             await super().__call__(scope, receive, send)
-        except _Stalled:
-            logger.warning("client stopped reading for %.0f s: stream abandoned", self._stalled_after_s)
-            self._on_stalled()
-            await self._content.aclose()  # type: ignore[attr-defined]
+            return
+        loop = asyncio.get_running_loop()
+        request = asyncio.current_task()
+        writing_since: float | None = None
+
+        async def timed_send(message: dict) -> None:
+            nonlocal writing_since
+            writing_since = loop.time()
+            try:
+                await send(message)
+            finally:
+                writing_since = None
+
+        def check() -> None:
+            nonlocal watchdog
+            if writing_since is not None and loop.time() - writing_since >= limit and request is not None:
+                self._stalled = True
+                logger.warning("client stopped reading for %.0f s: stream given up", limit)
+                self._on_stalled()
+                request.cancel()
+                return
+            watchdog = loop.call_later(limit / 4, check)
+
+        watchdog = loop.call_later(limit / 4, check)
+        try:
+            await super().__call__(scope, receive, timed_send)
+        except asyncio.CancelledError:
+            if self._stalled:
+                await self._content.aclose()  # type: ignore[attr-defined]
+            raise
+        finally:
+            watchdog.cancel()
