@@ -13,7 +13,7 @@ import openai
 import pytest
 from fastapi import FastAPI
 
-from tests.api.conftest import running_app
+from tests.api.conftest import running_app, until
 from tests.conftest import tiny_config_yaml
 
 MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
@@ -30,14 +30,6 @@ async def serving(config: Path) -> AsyncIterator[tuple[FastAPI, openai.AsyncOpen
             )
 
 
-async def _until(condition, seconds: float = 5.0) -> bool:
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return True
-        await asyncio.sleep(0.01)
-    return False
-
-
 async def test_a_request_that_waits_too_long_for_a_place_gets_429(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -49,7 +41,7 @@ async def test_a_request_that_waits_too_long_for_a_place_gets_429(
         busy = asyncio.ensure_future(
             client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=470, temperature=0)
         )
-        assert await _until(lambda: engine.num_running == 1)
+        assert await until(lambda: engine.num_running == 1)
 
         async def refused(stream: bool) -> openai.RateLimitError:
             with pytest.raises(openai.RateLimitError) as caught:
@@ -65,7 +57,7 @@ async def test_a_request_that_waits_too_long_for_a_place_gets_429(
         assert not busy.done()  # the running request was not disturbed
         result = await busy
         assert result.choices[0].finish_reason == "length" and result.usage.completion_tokens == 470
-        assert await _until(lambda: engine.num_running == 0 and engine.num_waiting == 0)
+        assert await until(lambda: engine.num_running == 0 and engine.num_waiting == 0)
         ok = await client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=3)
         assert ok.usage.completion_tokens == 3
 
@@ -104,5 +96,5 @@ async def test_a_request_past_its_timeout_ends_with_length(
         assert usage.completion_tokens < 4 * 470  # cut short by the deadline, not by max_tokens
         assert finishes == ["length"] * 4
         assert all(texts.values())  # what was generated before the deadline is kept
-        assert await _until(lambda: engine.num_running == 0 and engine.num_waiting == 0)
+        assert await until(lambda: engine.num_running == 0 and engine.num_waiting == 0)
         assert all(slot.seq is None for slot in engine.scheduler.table.slots)

@@ -10,20 +10,13 @@ from fastapi import FastAPI
 
 from server.engine.engine import MAX_UNREAD
 from server.engine.types import EngineRequest, SamplingParams
+from tests.api.conftest import until
 
 PROMPT = list(range(100, 140))
 
 
 async def _tokens(stream) -> list[int]:
     return [out.token.token_id async for _, out in stream if out.token is not None]
-
-
-async def _until(condition, seconds: float = 10.0) -> bool:
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return True
-        await asyncio.sleep(0.01)
-    return False
 
 
 @pytest.mark.parametrize(("temperature", "seed"), [(0.0, None), (1.0, 11)])
@@ -35,7 +28,7 @@ async def test_an_unread_choice_is_parked_then_resumes_to_the_same_tokens(
     alone = await _tokens(engine.stream([EngineRequest("read-at-once", PROMPT, params)]))
     assert len(alone) == 300
     unread = engine.stream([EngineRequest("not-read", PROMPT, params)])
-    assert await _until(lambda: engine.engine.stats.parked == 1)
+    assert await until(lambda: engine.engine.stats.parked == 1, 10)
     await asyncio.sleep(0.2)  # parked: it produces nothing more, and holds no slot
     assert engine.engine.stats.parked == 1 and engine.engine.num_running == 0
     assert unread._queue.qsize() <= MAX_UNREAD + 2
@@ -47,9 +40,9 @@ async def test_a_parked_choice_frees_its_slot_for_others(tiny_app: FastAPI) -> N
     engine = tiny_app.state.registry.get("tiny").engine
     params = SamplingParams(max_tokens=300, temperature=0.0)
     unread = [engine.stream([EngineRequest(f"lazy-{i}", [*PROMPT, i], params)]) for i in range(16)]
-    assert await _until(lambda: engine.engine.stats.parked == 16)
+    assert await until(lambda: engine.engine.stats.parked == 16, 10)
     probe = await _tokens(engine.stream([EngineRequest("probe", PROMPT, SamplingParams(max_tokens=4))]))
     assert len(probe) == 4
     for stream in unread:
         stream.close()
-    assert await _until(lambda: engine.engine.stats.parked == 0 and engine.engine.num_running == 0)
+    assert await until(lambda: engine.engine.stats.parked == 0 and engine.engine.num_running == 0, 10)
