@@ -85,14 +85,14 @@ class GrammarCompiler:
         self._prototype(grammar)
 
     def _prototype(self, grammar: str) -> llguidance.LLMatcher:
-        size = len(grammar.encode())
-        if size > self.max_grammar_bytes:
-            raise GrammarError(
-                f"as a grammar it takes {size} bytes, more than this server allows "
-                f"({self.max_grammar_bytes}; server.limits.max_grammar_bytes)"
-            )
         cached = self._cached(grammar)
         if cached is None:
+            size = len(grammar.encode())
+            if size > self.max_grammar_bytes:  # never compiled, never cached
+                raise GrammarError(
+                    f"as a grammar it takes {size} bytes, more than this server allows "
+                    f"({self.max_grammar_bytes}; server.limits.max_grammar_bytes)"
+                )
             with self._compiling:  # one compile at a time: at most one core, however many arrive
                 cached = self._cached(grammar) or self._compile(grammar)
             with self._lock:

@@ -53,9 +53,11 @@ class SequenceSampler:
     def start_mask(self, executor: Executor) -> None:
         """Starts computing the next token's mask (it depends only on the tokens so far) on
         `executor`, so that it is ready when the logits are: a costly grammar then costs the
-        step the longer of the two, not their sum."""
+        step the longer of the two, not their sum. `generated` is passed as it is, not copied
+        (a copy per token would grow with the output): it is appended to only after the mask
+        has been taken."""
         if self.mask_fn is not None and self.failure is None:
-            self._mask = executor.submit(self.mask_fn, list(self.generated))
+            self._mask = executor.submit(self.mask_fn, self.generated)
 
     def _allowed(self) -> torch.Tensor | None:
         assert self.mask_fn is not None

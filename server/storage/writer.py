@@ -62,17 +62,14 @@ class StoreWriter:
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             pending, done = item
-            try:
-                record = pending if isinstance(pending, StoredCompletion) else pending()
-                self.store.save(record)
-                self.written += 1
-                result: BaseException | None = None
-            except Exception as exc:  # logged and counted; the response it belongs to says so
-                self.failed += 1
-                logger.exception("storing a completion failed")
-                result = exc
+            # A save that timed out was cancelled by its waiter: settling it then is a no-op.
             with contextlib.suppress(concurrent.futures.InvalidStateError):
-                if result is None:
-                    done.set_result(None)
+                try:
+                    self.store.save(pending if isinstance(pending, StoredCompletion) else pending())
+                except Exception as exc:  # logged and counted; the response it belongs to says so
+                    self.failed += 1
+                    logger.exception("storing a completion failed")
+                    done.set_exception(exc)
                 else:
-                    done.set_exception(result)
+                    self.written += 1
+                    done.set_result(None)
