@@ -55,3 +55,16 @@ async def until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
             return True
         await asyncio.sleep(0.01)
     return False
+
+
+def assert_error(r: httpx.Response, status: int, param: str | None = None, code: str | None = None) -> dict:
+    """An error in OpenAI's shape with this status (and this param and code, when given)."""
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    if code is not None:
+        assert error["code"] == code, error
+    return error

@@ -3,36 +3,26 @@
 import httpx
 import pytest
 
+from tests.api.conftest import assert_error
+
 MSG = [{"role": "user", "content": "hi"}]
-
-
-def _assert_error(r: httpx.Response, status: int, param: str | None = None, code: str | None = None) -> dict:
-    assert r.status_code == status, r.text
-    error = r.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["message"]
-    if param is not None:
-        assert error["param"] == param, error
-    if code is not None:
-        assert error["code"] == code, error
-    return error
 
 
 async def test_malformed_json(http: httpx.AsyncClient) -> None:
     r = await http.post(
         "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
     )
-    _assert_error(r, 400, code="invalid_json")
+    assert_error(r, 400, code="invalid_json")
 
 
 async def test_empty_body(http: httpx.AsyncClient) -> None:
     r = await http.post("/v1/chat/completions")
-    _assert_error(r, 400)
+    assert_error(r, 400)
 
 
 async def test_unknown_model(http: httpx.AsyncClient) -> None:
     r = await http.post("/v1/chat/completions", json={"model": "gpt-9", "messages": MSG})
-    _assert_error(r, 404, "model", "model_not_found")
+    assert_error(r, 404, "model", "model_not_found")
 
 
 @pytest.mark.parametrize(
@@ -68,7 +58,7 @@ async def test_schema_violations_are_400_naming_the_param(
     http: httpx.AsyncClient, patch: dict, param: str
 ) -> None:
     body = {"model": "tiny", "messages": MSG, **patch}
-    error = _assert_error(await http.post("/v1/chat/completions", json=body), 400, param)
+    error = assert_error(await http.post("/v1/chat/completions", json=body), 400, param)
     assert error["type"] == "invalid_request_error"
 
 
@@ -108,7 +98,7 @@ async def test_unsupported_or_inconsistent_fields_are_refused(
     http: httpx.AsyncClient, patch: dict, param: str
 ) -> None:
     body = {"model": "tiny", "messages": MSG, **patch}
-    _assert_error(await http.post("/v1/chat/completions", json=body), 400, param)
+    assert_error(await http.post("/v1/chat/completions", json=body), 400, param)
 
 
 @pytest.mark.parametrize(
@@ -128,7 +118,7 @@ async def test_default_valued_fields_are_accepted(http: httpx.AsyncClient, patch
 
 async def test_context_length_exceeded_names_the_numbers(http: httpx.AsyncClient) -> None:
     body = {"model": "tiny", "messages": MSG, "max_completion_tokens": 1000}
-    error = _assert_error(
+    error = assert_error(
         await http.post("/v1/chat/completions", json=body), 400, code="context_length_exceeded"
     )
     assert "512" in error["message"] and "1000" in error["message"]
@@ -136,13 +126,13 @@ async def test_context_length_exceeded_names_the_numbers(http: httpx.AsyncClient
 
 async def test_prompt_alone_too_long(http: httpx.AsyncClient) -> None:
     body = {"model": "tiny", "messages": [{"role": "user", "content": "word " * 600}]}
-    _assert_error(await http.post("/v1/chat/completions", json=body), 400, code="context_length_exceeded")
+    assert_error(await http.post("/v1/chat/completions", json=body), 400, code="context_length_exceeded")
 
 
 async def test_unknown_route_and_method(http: httpx.AsyncClient) -> None:
-    _assert_error(await http.get("/v1/nothing"), 404)
-    _assert_error(await http.get("/v1/chat/completions/x/y/z"), 404)
-    _assert_error(await http.put("/v1/chat/completions", json={}), 405)
+    assert_error(await http.get("/v1/nothing"), 404)
+    assert_error(await http.get("/v1/chat/completions/x/y/z"), 404)
+    assert_error(await http.put("/v1/chat/completions", json={}), 405)
 
 
 async def test_server_keeps_serving_after_errors(http: httpx.AsyncClient) -> None:
@@ -167,6 +157,6 @@ async def test_an_unexpected_error_is_a_500_that_leaves_the_app_serving(
     )
     async with strict:
         r = await strict.post("/v1/chat/completions", json={"model": "tiny", "messages": MSG})
-        error = _assert_error(r, 500)
+        error = assert_error(r, 500)
         assert error["type"] == "server_error" and "a bug" not in error["message"]
         assert (await strict.get("/v1/models")).status_code == 200

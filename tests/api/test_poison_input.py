@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.api.conftest import assert_error
+
 MSG = [{"role": "user", "content": "hi"}]
 SURROGATE = "\ud800"
 TOOL = {"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}
@@ -21,14 +23,10 @@ def _post_raw(http: httpx.AsyncClient, text: str) -> Any:
     )
 
 
-ANY_PARAM = object()
-
-
-def _assert_400(r: httpx.Response, param: object) -> dict:
-    assert r.status_code == 400, r.text
-    error = r.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
-    assert param is ANY_PARAM or error["param"] == param, error
+def _assert_400(r: httpx.Response, param: str | None) -> dict:
+    """An invalid_request_error 400 naming `param` (None: whatever it names)."""
+    error = assert_error(r, 400, param)
+    assert error["type"] == "invalid_request_error", error
     return error
 
 
@@ -152,7 +150,7 @@ async def test_deeply_nested_json_is_refused_at_parse_and_not_stored(http: httpx
     annotation = {"type": "url_citation", **_nested(900)}
     messages = [*MSG, {"role": "assistant", "content": "x", "annotations": [annotation]}, *MSG]
     body = {"model": "tiny", "messages": messages, "store": True, "metadata": {"deep": "yes"}}
-    error = _assert_400(await http.post("/v1/chat/completions", json=body), ANY_PARAM)
+    error = _assert_400(await http.post("/v1/chat/completions", json=body), None)
     assert error["param"].startswith("messages[1].annotations[0].a.a") and "nested deeper" in error["message"]
     r = await http.get("/v1/chat/completions", params={"metadata[deep]": "yes"})
     assert r.status_code == 200 and r.json()["data"] == []
@@ -166,7 +164,7 @@ async def test_a_deep_schema_is_refused_but_a_reasonable_one_is_served(http: htt
         return value
 
     deep = {"model": "tiny", "messages": MSG, "response_format": _schema_format(schema(150))}
-    error = _assert_400(await http.post("/v1/chat/completions", json=deep), ANY_PARAM)
+    error = _assert_400(await http.post("/v1/chat/completions", json=deep), None)
     assert error["param"].startswith("response_format.json_schema.schema.properties.a")
     ok = {"model": "tiny", "messages": MSG, "max_tokens": 4, "response_format": _schema_format(schema(10))}
     assert (await http.post("/v1/chat/completions", json=ok)).status_code == 200
