@@ -86,7 +86,7 @@ class ChatTemplater:
             elif isinstance(message, AssistantMessage):
                 out.append(self._assistant(message))
             elif isinstance(message, ToolMessage):
-                out.append(self._tool_result(_text(message.content), message.tool_call_id, None))
+                out.append(self._tool_result(_text(message.content), message.tool_call_id, message.name))
             elif isinstance(message, FunctionMessage):
                 out.append(self._tool_result(message.content or "", None, message.name))
         if system_parts:

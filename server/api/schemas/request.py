@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from server.api.errors import printable
+
+logger = logging.getLogger(__name__)
 
 FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
 
@@ -16,46 +19,69 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _History(BaseModel):
+    """An object inside `messages`: keys this server does not know are dropped, not refused.
+
+    Clients send a response's message back as history as they received it, with what their
+    library added: LiteLLM's `provider_specific_fields`, openai-python's `parsed` and
+    `parsed_arguments`, a stream accumulator's `tool_calls[].index`. Known keys keep their strict
+    types; the top level of the request stays strict.
+    """
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _note_unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and logger.isEnabledFor(logging.DEBUG):
+            fields = cls.model_fields
+            known = set(fields) | {field.alias for field in fields.values() if field.alias}
+            unknown = sorted(printable(str(key), 64) for key in data.keys() - known)
+            if unknown:
+                logger.debug("dropped keys unknown in %s: %s", cls.__name__, ", ".join(unknown))
+        return data
+
+
 # --- content parts ---------------------------------------------------------------------------
 
 
-class TextPart(_Wire):
+class TextPart(_History):
     type: Literal["text"]
     text: str
 
 
-class ImageURL(_Wire):
+class ImageURL(_History):
     url: str
     detail: Literal["auto", "low", "high"] = "auto"
 
 
-class ImagePart(_Wire):
+class ImagePart(_History):
     type: Literal["image_url"]
     image_url: ImageURL
 
 
-class InputAudio(_Wire):
+class InputAudio(_History):
     data: str
     format: Literal["wav", "mp3"]
 
 
-class AudioPart(_Wire):
+class AudioPart(_History):
     type: Literal["input_audio"]
     input_audio: InputAudio
 
 
-class FileData(_Wire):
+class FileData(_History):
     file_data: str | None = None
     file_id: str | None = None
     filename: str | None = None
 
 
-class FilePart(_Wire):
+class FilePart(_History):
     type: Literal["file"]
     file: FileData
 
 
-class RefusalPart(_Wire):
+class RefusalPart(_History):
     type: Literal["refusal"]
     refusal: str
 
@@ -67,40 +93,40 @@ AssistantContentPart = Annotated[TextPart | RefusalPart, Field(discriminator="ty
 # --- messages --------------------------------------------------------------------------------
 
 
-class FunctionCall(_Wire):
+class FunctionCall(_History):
     name: str
     arguments: str
 
 
-class ToolCall(_Wire):
+class ToolCall(_History):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class AssistantAudioRef(_Wire):
+class AssistantAudioRef(_History):
     id: str
 
 
-class DeveloperMessage(_Wire):
+class DeveloperMessage(_History):
     role: Literal["developer"]
     content: str | list[TextPart]
     name: str | None = None
 
 
-class SystemMessage(_Wire):
+class SystemMessage(_History):
     role: Literal["system"]
     content: str | list[TextPart]
     name: str | None = None
 
 
-class UserMessage(_Wire):
+class UserMessage(_History):
     role: Literal["user"]
     content: str | list[UserContentPart]
     name: str | None = None
 
 
-class AssistantMessage(_Wire):
+class AssistantMessage(_History):
     role: Literal["assistant"]
     content: str | list[AssistantContentPart] | None = None
     name: str | None = None
@@ -113,13 +139,16 @@ class AssistantMessage(_Wire):
     annotations: list[dict[str, Any]] | None = None
 
 
-class ToolMessage(_Wire):
+class ToolMessage(_History):
     role: Literal["tool"]
     content: str | list[TextPart]
     tool_call_id: str
+    # Not in the API reference, but what the OpenAI Cookbook and LiteLLM's docs send; templates
+    # that name tool results read it.
+    name: str | None = None
 
 
-class FunctionMessage(_Wire):
+class FunctionMessage(_History):
     role: Literal["function"]
     content: str | None
     name: str
