@@ -83,6 +83,8 @@ class EngineSettings(_Strict):
     max_waiting: Annotated[int, Field(ge=1)] = 256
     # A request not admitted to the batch within this many seconds gets 429 (None: it waits on).
     max_queue_wait_s: Annotated[float, Field(gt=0)] | None = 60.0
+    # KV slots that prompt-cache breakpoints may keep pinned (default: half of max_running).
+    max_pinned_slots: Annotated[int, Field(ge=0)] | None = None
 
 
 class ModelSpec(_Strict):

@@ -90,34 +90,37 @@ class _EngineCollector(Collector):
         self._source = source
 
     def collect(self) -> Iterator[Metric]:
-        gauges = {
-            "running": ("running_sequences", "Sequences in the running batch"),
-            "waiting": ("waiting_sequences", "Sequences waiting for a place in the batch (queue depth)"),
-            "parked": (
-                "parked_sequences",
-                "Sequences out of the batch until their reader takes their output",
-            ),
-            "kv_tokens_used": ("kv_cache_used_tokens", "Tokens held in the KV cache by running sequences"),
-            "kv_tokens_allocated": (
-                "kv_cache_allocated_tokens",
-                "Token capacity of the KV cache as allocated",
-            ),
-            "kv_bytes_allocated": ("kv_cache_allocated_bytes", "Memory of the KV cache as allocated"),
-            "kv_tokens_budget": ("kv_cache_budget_tokens", "The configured KV budget (max_kv_tokens)"),
-        }
-        families = {
-            field: GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=["model"])
-            for field, (name, doc) in gauges.items()
-        }
-        preemptions = CounterMetricFamily(
-            f"{PREFIX}_preemptions", "Running sequences preempted for lack of KV memory", labels=["model"]
-        )
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        for kind, specs in ((GaugeMetricFamily, _ENGINE_GAUGES), (CounterMetricFamily, _ENGINE_COUNTERS)):
+            for field, (name, doc) in specs.items():
+                families[field] = kind(f"{PREFIX}_{name}", doc, labels=["model"])
         for model, stats in self._source():
             for field, family in families.items():
                 family.add_metric([model], getattr(stats, field))
-            preemptions.add_metric([model], stats.preemptions)
         yield from families.values()
-        yield preemptions
+
+
+# EngineStats field -> (metric name, help)
+_ENGINE_GAUGES = {
+    "running": ("running_sequences", "Sequences in the running batch"),
+    "waiting": ("waiting_sequences", "Sequences waiting for a place in the batch (queue depth)"),
+    "parked": ("parked_sequences", "Sequences out of the batch until their reader takes their output"),
+    "kv_tokens_used": ("kv_cache_used_tokens", "Tokens held in the KV cache by running sequences"),
+    "kv_tokens_allocated": ("kv_cache_allocated_tokens", "Token capacity of the KV cache as allocated"),
+    "kv_bytes_allocated": ("kv_cache_allocated_bytes", "Memory of the KV cache as allocated"),
+    "kv_tokens_budget": ("kv_cache_budget_tokens", "The configured KV budget (max_kv_tokens)"),
+    "pinned_tokens": (
+        "prompt_cache_pinned_tokens",
+        "Prompt tokens pinned in the prefix cache by live breakpoints",
+    ),
+}
+_ENGINE_COUNTERS = {
+    "preemptions": ("preemptions", "Running sequences preempted for lack of KV memory"),
+    "pins_evicted": (
+        "prompt_cache_pins_evicted",
+        "Pinned prefixes given up because every other KV slot was busy",
+    ),
+}
 
 
 class _StoreCollector(Collector):

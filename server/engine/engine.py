@@ -117,6 +117,7 @@ class Engine:
                 request.params,
                 enqueued_at=now,
                 group=group,
+                cache=request.cache,
             )
             # Its sampler (torch tensors) is made on the engine thread.
             seq.payload = _Consumer(sink, request.mask_fn)
@@ -215,6 +216,8 @@ class Engine:
             kv_bytes_allocated=cache.num_slots * cache.capacity * cache.bytes_per_token,
             kv_tokens_budget=self.config.max_kv_tokens,
             preemptions=scheduler.preemptions,
+            pinned_tokens=scheduler.pins.pinned_tokens,
+            pins_evicted=scheduler.pins.evicted,
         )
 
     def _step(self) -> None:

@@ -12,9 +12,12 @@ cached KV back in place unless another sequence needed that slot meanwhile.
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from server.engine.pins import PinTable
 from server.engine.sequence import SeqState, Sequence
 from server.engine.slots import MIN_REUSE_TOKENS, PrefixMatch, SlotTable
 from server.engine.types import EngineConfig, QueueFull
@@ -53,12 +56,13 @@ class StepPlan:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.parked: set[Sequence] = set()
-        self.table = SlotTable(config.max_running)
+        self.pins = PinTable(config.max_pinned_slots, clock)
+        self.table = SlotTable(config.max_running, self.pins)
         self.capacity = config.min_capacity
         self.preemptions = 0  # how many times a running sequence was preempted, in all
         self._arrivals = 0
@@ -77,12 +81,14 @@ class Scheduler:
             seq.arrival = self._arrivals
             seq.state = SeqState.WAITING
             self.waiting.append(seq)
+            for length, ttl_s in seq.cache.pins:
+                self.pins.add(seq.token_ids[:length], ttl_s)
 
     def finish(self, seq: Sequence) -> None:
         """The sequence is done (or aborted): its slot is free for the next step."""
         if seq.state is SeqState.RUNNING:
             self.running.remove(seq)
-            self.table.release(seq, keep=True)
+            self.table.release(seq, keep=seq.cache.keep)
         elif seq.state is SeqState.WAITING:
             self.waiting.remove(seq)
         elif seq.state is SeqState.PARKED:
@@ -204,7 +210,9 @@ class Scheduler:
                 deferred.append(self.waiting.popleft())
                 continue
             match = self.table.best_prefix(seq.token_ids, len(seq.token_ids) - 1, usable)
-            target = self._slot_for(match, usable)
+            if not seq.readmitted:  # a sequence back in the batch takes its own KV as it is
+                match = _allowed(match, seq.cache.reuse_at)
+            target = self._slot_for(match, usable, seq.cache.key)
             if target is None:
                 break
             if match is not None and match.adopt and target != match.slot:
@@ -229,14 +237,14 @@ class Scheduler:
             budget -= length
         self.waiting.extendleft(reversed(deferred))
 
-    def _slot_for(self, match: PrefixMatch | None, usable: int) -> int | None:
+    def _slot_for(self, match: PrefixMatch | None, usable: int, key: str) -> int | None:
         """The slot a new sequence runs in. A cached entry the prompt continues (the same conversation
         one turn on) is taken over in place. Another reused prefix is copied into a free (or the least
         recently used cached) slot, so the entry's own tail stays for the request that continues it;
         the entry is taken over only when no other slot is left."""
         if match is not None and match.continues:
             return match.slot
-        target = self.table.take(usable, avoid=match.slot if match else None)
+        target = self.table.take(usable, avoid=match.slot if match else None, key=key)
         if target is None and match is not None and match.adopt:
             return match.slot
         return target
@@ -251,3 +259,16 @@ class Scheduler:
             if shared >= MIN_REUSE_TOKENS and other.token_ids[:shared] == seq.token_ids[:shared]:
                 return True
         return False
+
+
+def _allowed(match: PrefixMatch | None, reuse_at: tuple[int, ...] | None) -> PrefixMatch | None:
+    """The match cut back to the longest length the request lets it reuse (explicit prompt caching
+    reuses a prefix only up to one of its breakpoints)."""
+    if match is None or reuse_at is None:
+        return match
+    length = max((n for n in reuse_at if n <= match.tokens), default=0)
+    if length < MIN_REUSE_TOKENS:
+        return None
+    if length == match.tokens:
+        return match
+    return PrefixMatch(match.slot, length, match.adopt, continues=False)

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.engine.types import SamplingParams
+from server.engine.types import CachePolicy, SamplingParams
 
 
 class SeqState(enum.Enum):
@@ -40,6 +40,7 @@ class Sequence:
     parks: int = 0  # times it was parked because its reader fell behind
     payload: Any = field(default=None)  # the engine's per-sequence state (sampler, sink)
     group: RequestGroup = field(default_factory=RequestGroup)
+    cache: CachePolicy = field(default_factory=CachePolicy)
 
     @property
     def generated(self) -> int:

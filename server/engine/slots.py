@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import enum
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 
+from server.engine.pins import PinTable, holds
 from server.engine.sequence import Sequence
 
 MIN_REUSE_TOKENS = 8  # shorter shared prefixes are not worth a copy
@@ -23,6 +26,8 @@ class Slot:
     tokens: list[int] = field(default_factory=list)  # cached: the tokens whose KV the slot holds
     last_used: int = 0
     prompt: int = 0  # cached: how many of `tokens` were its sequence's prompt
+    key: str = ""  # cached: its request's prompt_cache_key
+    expires_at: float | None = None  # cached: forgotten then (prompt_cache_retention)
 
 
 @dataclass(slots=True, frozen=True)
@@ -52,8 +57,9 @@ def common_prefix(a: list[int], b: list[int], limit: int) -> int:
 
 
 class SlotTable:
-    def __init__(self, num_slots: int) -> None:
+    def __init__(self, num_slots: int, pins: PinTable | None = None) -> None:
         self.slots = [Slot() for _ in range(num_slots)]
+        self.pins = pins or PinTable(0, time.monotonic)
         self._clock = 0
 
     def _tick(self) -> int:
@@ -68,6 +74,7 @@ class SlotTable:
 
     def best_prefix(self, tokens: list[int], limit: int, usable: int) -> PrefixMatch | None:
         """The longest reusable prefix of `tokens` (at most `limit`) held in a slot below `usable`."""
+        self._forget_expired()
         best: PrefixMatch | None = None
         for index in range(usable):
             slot = self.slots[index]
@@ -83,15 +90,48 @@ class SlotTable:
     def touch(self, index: int) -> None:
         self.slots[index].last_used = self._tick()
 
-    def take(self, usable: int, avoid: int | None = None) -> int | None:
-        """A slot for a new sequence: the lowest free one, else the least recently used cached one."""
+    def take(self, usable: int, avoid: int | None = None, key: str = "") -> int | None:
+        """A slot for a new sequence: the lowest free one, else a cached one: not a pinned one while
+        another is left; among the others, the least recently used of the prompt_cache_key that
+        holds the most (with no keys, plain LRU), so one busy key cannot flush everyone's prefixes.
+        When keys tie, the new sequence's own key (`key`) gives up an entry."""
+        self._forget_expired()
         free = [i for i in range(usable) if self.slots[i].state is SlotState.FREE and i != avoid]
         if free:
             return free[0]
         cached = [i for i in range(usable) if self.slots[i].state is SlotState.CACHED and i != avoid]
         if not cached:
             return None
-        return min(cached, key=lambda i: self.slots[i].last_used)
+        pinned = self._pinned(cached)
+        unpinned = [i for i in cached if i not in pinned]
+        if not unpinned:  # every slot is running or pinned: serving comes first
+            self.pins.evicted += 1
+            return min(cached, key=lambda i: pinned[i])
+        held = Counter(self.slots[i].key for i in unpinned)
+        busiest = max(held.values())
+        candidates = [i for i in unpinned if held[self.slots[i].key] == busiest]
+        own = [i for i in candidates if self.slots[i].key == key]
+        return min(own or candidates, key=lambda i: self.slots[i].last_used)
+
+    def _pinned(self, cached: list[int]) -> dict[int, float]:
+        """The cached slots pins protect, and until when: for each live pin the most recently used
+        slot holding its tokens; at most `pins.max_slots` of them, the latest-expiring first."""
+        until: dict[int, float] = {}
+        for pin in self.pins.live():
+            holding = [i for i in cached if holds(self.slots[i].tokens, pin)]
+            if holding:
+                index = max(holding, key=lambda i: self.slots[i].last_used)
+                until[index] = max(until.get(index, pin.until), pin.until)
+        kept = sorted(until, key=lambda i: until[i], reverse=True)[: self.pins.max_slots]
+        return {i: until[i] for i in kept}
+
+    def _forget_expired(self) -> None:
+        now: float | None = None
+        for index, slot in enumerate(self.slots):
+            if slot.state is SlotState.CACHED and slot.expires_at is not None:
+                now = self.pins.clock() if now is None else now
+                if slot.expires_at <= now:
+                    self.slots[index] = Slot()
 
     def assign(self, index: int, seq: Sequence) -> None:
         self.slots[index] = Slot(SlotState.RUNNING, seq, [], self._tick())
@@ -103,7 +143,10 @@ class SlotTable:
             return
         tokens = seq.token_ids[: seq.num_computed] if keep else []
         state = SlotState.CACHED if tokens else SlotState.FREE
-        self.slots[seq.slot] = Slot(state, None, tokens, self._tick(), min(seq.num_prompt, len(tokens)))
+        retain = seq.cache.retain_s
+        expires = None if retain is None else self.pins.clock() + retain
+        prompt = min(seq.num_prompt, len(tokens))
+        self.slots[seq.slot] = Slot(state, None, tokens, self._tick(), prompt, seq.cache.key, expires)
         seq.slot = None
 
     def move(self, source: int, target: int) -> None:

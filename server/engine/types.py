@@ -39,12 +39,27 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
+@dataclass(slots=True, frozen=True)
+class CachePolicy:
+    """How one request uses the prefix cache (prompt caching, as the API defines it)."""
+
+    # (prompt tokens, seconds): keep the KV of that prefix at least this long (breakpoints).
+    pins: tuple[tuple[int, float], ...] = ()
+    # None: any shared prefix is reused. Otherwise only up to one of these prompt lengths (explicit
+    # mode: hits only at breakpoints; none given, nothing is reused).
+    reuse_at: tuple[int, ...] | None = None
+    keep: bool = True  # its KV stays cached for later requests once it finishes
+    key: str = ""  # prompt_cache_key: when a slot is needed, the busiest key's entries go first
+    retain_s: float | None = None  # the longest its KV stays cached after it finishes (None: no limit)
+
+
 @dataclass(slots=True)
 class EngineRequest:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
     mask_fn: TokenMaskFn | None = None  # one per request: it holds that sequence's grammar state
+    cache: CachePolicy = CachePolicy()
 
 
 @dataclass(slots=True, frozen=True)
@@ -81,6 +96,7 @@ class EngineConfig:
     max_queue_wait_s: float | None = 60.0  # a sequence never admitted within this is refused (HTTP 429)
     min_capacity: int = 256  # first per-slot capacity; doubles as sequences grow
     context_length: int = 8192  # no sequence is longer
+    max_pinned_slots: int = 8  # slots that pinned prefixes may hold (prompt cache breakpoints)
 
 
 @dataclass(slots=True, frozen=True)
@@ -95,6 +111,8 @@ class EngineStats:
     kv_bytes_allocated: int = 0
     kv_tokens_budget: int = 0  # max_kv_tokens
     preemptions: int = 0  # since start
+    pinned_tokens: int = 0  # tokens of the live pinned prefixes (prompt cache breakpoints)
+    pins_evicted: int = 0  # since start: pinned slots reused because every other slot was busy
 
 
 class QueueFull(Exception):

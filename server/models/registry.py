@@ -161,6 +161,9 @@ def _engine_config(spec: ModelSpec, context_length: int) -> EngineConfig:
         min_capacity=min(256, context_length),
         # One sequence may use the whole KV budget, never more.
         context_length=min(context_length, max_kv_tokens),
+        max_pinned_slots=(
+            settings.max_running // 2 if settings.max_pinned_slots is None else settings.max_pinned_slots
+        ),
     )
 
 
