@@ -23,6 +23,9 @@ def _param(loc: tuple[Any, ...], body: Any) -> str | None:
     node = body
     for position, part in enumerate(parts):
         last = position == len(parts) - 1
+        following = None if last else parts[position + 1]
+        if _is_union_tag(part, following, node):
+            continue
         if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):
             path += f"[{part}]"
             node = node[part]
@@ -30,6 +33,15 @@ def _param(loc: tuple[Any, ...], body: Any) -> str | None:
             path += f".{part}" if path else part
             node = node.get(part)
     return path or None
+
+
+def _is_union_tag(part: Any, following: Any, node: Any) -> bool:
+    """A discriminated union's tag in the path ("text" for a text part) can also be a key of the
+    value ("text"): it is the tag when the step after it is a key of this value, not of that key's."""
+    if not (isinstance(part, str) and isinstance(following, str) and isinstance(node, dict)):
+        return False
+    inner = node.get(part)
+    return following in node and not (isinstance(inner, dict) and following in inner)
 
 
 def _validation_message(error: dict[str, Any], param: str | None) -> str:

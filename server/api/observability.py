@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import Request
 
-from server.api.errors import APIError
+from server.api.errors import APIError, printable
 from server.logs import install_request_ids, request_id_var
 from server.metrics import Metrics
 
@@ -107,14 +107,16 @@ class Observability:
         if error is not None:
             m.errors.labels(*error).inc()
         client = scope.get("client")
+        end_user = printable(str(state["end_user"]), 128) if state.get("end_user") else None
         access_logger.info(
-            '%s "%s %s" %d %.1f ms%s',
+            '%s "%s %s" %d %.1f ms%s%s',
             client[0] if client else "-",
             method,
             scope.get("path", ""),
             status,
             seconds * 1000,
             f" error={error[0]}/{error[1]}" if error else "",
+            f" user={end_user!r}" if end_user else "",
             extra={
                 "access": {
                     "request_id": request_id,
@@ -126,6 +128,7 @@ class Observability:
                     "duration_ms": round(seconds * 1000, 1),
                     "model": model or None,
                     "project": state.get("project") or None,
+                    "end_user": end_user,
                     "error_type": error[0] if error else None,
                     "error_code": (error[1] or None) if error else None,
                 }

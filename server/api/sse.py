@@ -27,14 +27,16 @@ def error_event(error: APIError) -> bytes:
 
 
 async def encode(
-    chunks: AsyncIterator[BaseModel], on_error: Callable[[APIError], None] | None = None
+    chunks: AsyncIterator[BaseModel],
+    on_error: Callable[[APIError], None] | None = None,
+    frame: Callable[[BaseModel], bytes] = event,
 ) -> AsyncIterator[bytes]:
-    """Frames every chunk; a failure mid-stream ends it with an error event (also handed to
-    `on_error`), then [DONE]."""
+    """Frames every chunk (with `frame`); a failure mid-stream ends it with an error event (also
+    handed to `on_error`), then [DONE]."""
     error: APIError | None = None
     try:
         async for chunk in chunks:
-            yield event(chunk)
+            yield frame(chunk)
     except APIError as exc:
         error = exc
     except Exception:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from server.api.errors import ContextLengthExceeded, InvalidRequest, UnsupportedParameter
-from server.api.schemas.request import ChatCompletionRequest, Message
+from server.api.schemas.request import AssistantMessage, ChatCompletionRequest, CustomToolCall, Message
 from server.config import SamplingDefaults
 from server.engine.types import SamplingParams
 
@@ -37,6 +37,15 @@ def refuse_unsupported(request: ChatCompletionRequest) -> None:
         raise UnsupportedParameter("audio", "is not supported: the served models produce text only")
     if request.web_search_options is not None:
         raise UnsupportedParameter("web_search_options", "is not supported: this server has no web search")
+    if request.moderation is not None:
+        raise UnsupportedParameter("moderation", "is not supported: this server has no moderation model")
+    for index, message in enumerate(request.messages):
+        for call_index, call in enumerate(_tool_calls(message)):
+            if isinstance(call, CustomToolCall):
+                raise UnsupportedParameter(
+                    f"messages[{index}].tool_calls[{call_index}]",
+                    "is a 'custom' tool call; this server supports 'function' tools only",
+                )
     if request.stream_options is not None and not request.stream:
         raise InvalidRequest(
             "'stream_options' is only allowed when 'stream' is true.", param="stream_options"
@@ -71,9 +80,13 @@ def _message_chars(message: Message) -> int:
         )
     else:
         chars = 0
-    for call in getattr(message, "tool_calls", None) or ():
-        chars += len(call.function.arguments)
+    for call in _tool_calls(message):
+        chars += len(call.custom.input if isinstance(call, CustomToolCall) else call.function.arguments)
     return chars
+
+
+def _tool_calls(message: Message) -> list:
+    return (message.tool_calls or []) if isinstance(message, AssistantMessage) else []
 
 
 def completion_budget(request: ChatCompletionRequest, limits: ModelLimits, prompt_tokens: int) -> int:

@@ -39,6 +39,8 @@ STORED_PARAMS = (
     "function_call",
     "response_format",
     "stream",
+    "safety_identifier",
+    "prompt_cache_key",
 )
 # Fields a stored chat.completion object carries beyond the response itself.
 SHOWN_PARAMS = (
@@ -100,6 +102,7 @@ def stored_object(record: StoredCompletion) -> dict[str, Any]:
         **record.completion,
         **shown,
         "input_user": record.params.get("user"),
+        "safety_identifier": record.params.get("safety_identifier"),
         "metadata": record.metadata,
     }
 

@@ -13,7 +13,7 @@ from openai.types.chat import ChatCompletionChunk
 from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta, ChoiceLogprobs
 from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
 
-from server.api.errors import InternalError, RateLimited, ShuttingDown
+from server.api.errors import InternalError, RateLimited, ShuttingDown, UnsupportedParameter
 from server.api.limits import check_limits
 from server.api.schemas.request import ChatCompletionRequest
 from server.chat.assembler import ChoiceAssembler, Delta
@@ -21,6 +21,7 @@ from server.chat.constraints import Constraint, build_constraint
 from server.chat.detokenizer import IncrementalDecoder
 from server.chat.observer import RequestObserver
 from server.chat.params import refuse_obviously_too_long, refuse_unsupported, sampling_params
+from server.chat.prompt_cache import cache_policy, check_breakpoints
 from server.chat.recording import record_builder, recorded
 from server.chat.templating import Prompt
 from server.chat.tool_stream import ChoiceDeltas, ToolCallDeltas
@@ -33,6 +34,10 @@ from server.models.registry import ModelRegistry, ServedModel
 from server.storage.writer import StoreWriter
 
 logger = logging.getLogger(__name__)
+
+# The tier a response reports for the one asked for: every tier runs the same here; `fast` is
+# reported as `priority`, as OpenAI does.
+_SERVICE_TIERS = {"auto": "default", "fast": "priority"}
 
 
 @dataclass(slots=True)
@@ -110,18 +115,25 @@ class ChatService:
         check_limits(request, self.limits)
         served = self._registry.get(request.model)
         refuse_unsupported(request)
+        if request.verbosity is not None and not served.templater.reads_verbosity:
+            raise UnsupportedParameter(
+                "verbosity", "is not supported by this model: its chat template has no verbosity setting"
+            )
         refuse_obviously_too_long(request, served.limits)
+        check_breakpoints(request)
         n = request.n or 1
         # Compiling a grammar, rendering the template and tokenizing take milliseconds, seconds for
         # a large schema or prompt: off the event loop, which keeps serving every other request.
         constraint, masks, prompt = await asyncio.to_thread(_prepare, request, served, n)
         base_id = uuid.uuid4().hex
+        cache = cache_policy(request, prompt)
         engine_requests = [
             EngineRequest(
                 request_id=f"{base_id}-{i}",
                 prompt_token_ids=prompt.token_ids,
                 params=sampling_params(request, served.limits, len(prompt.token_ids), i),
                 mask_fn=masks[i],
+                cache=cache,
             )
             for i in range(n)
         ]
@@ -130,7 +142,9 @@ class ChatService:
             created=int(time.time()),
             model=served.spec.id,
             system_fingerprint=served.fingerprint,
-            service_tier="default" if request.service_tier in (None, "auto") else request.service_tier,
+            service_tier=_SERVICE_TIERS.get(
+                request.service_tier or "auto", request.service_tier or "default"
+            ),
             include_usage=bool(request.stream_options and request.stream_options.include_usage),
         )
         assemblers = [
@@ -178,7 +192,8 @@ def _prepare(
     masks: list[GrammarMask | None] = [None] * n
     if constraint.grammar is not None:
         masks = [served.grammars.mask(constraint.grammar) for _ in range(n)]
-    prompt = served.templater.render(request.messages, constraint.tools.tools if constraint.tools else ())
+    tools = constraint.tools.tools if constraint.tools else ()
+    prompt = served.templater.render(request.messages, tools, request.verbosity)
     return constraint, masks, prompt
 
 

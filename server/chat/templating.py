@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from server.api.schemas.request import (
     UserMessage,
 )
 from server.chat.tools import builtin_tool_prompt, template_tools
+from server.engine.slots import common_prefix
 from server.parsers.events import ToolSpec
 
 # Used for models that ship no chat template (base models): plain ChatML.
@@ -33,10 +35,19 @@ CHATML_TEMPLATE = (
 PART_SEPARATOR = "\n"  # text parts of one message are joined with a newline, as vLLM does
 
 
+# Stands for the end of a content part with a prompt_cache_breakpoint in a second rendering that
+# finds where each breakpoint lands (private-use characters: no template or text has them).
+_MARKER = "\ue000{}\ue001"
+_MARKERS = re.compile("\ue000([0-9]+)\ue001")
+
+
 @dataclass(slots=True, frozen=True)
 class Prompt:
     text: str
     token_ids: list[int]
+    # For each content part with a prompt_cache_breakpoint: how many leading prompt tokens end at
+    # or before the end of that part, and the breakpoint's ttl.
+    breakpoints: tuple[tuple[int, str], ...] = ()
 
 
 class ChatTemplater:
@@ -47,10 +58,44 @@ class ChatTemplater:
         self.knows_tool_calls = "tool_calls" in self.template
         # A template that never reads `tools` would drop them silently: those get our tool prompt.
         self.knows_tools = "tools" in self.template
+        self.reads_verbosity = "verbosity" in self.template
 
-    def render(self, messages: list[Message], tools: tuple[ToolSpec, ...] = ()) -> Prompt:
+    def render(
+        self, messages: list[Message], tools: tuple[ToolSpec, ...] = (), verbosity: str | None = None
+    ) -> Prompt:
+        text = self._text(messages, tools, verbosity)
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        marked, ttls = _with_markers(messages)
+        if not ttls:
+            return Prompt(text, ids)
+        return Prompt(text, ids, self._breakpoints(self._text(marked, tools, verbosity), ttls, text, ids))
+
+    def _breakpoints(
+        self, marked: str, ttls: list[str], text: str, ids: list[int]
+    ) -> tuple[tuple[int, str], ...]:
+        """Where each marker sits in the marked rendering with the markers taken out. The template
+        may render a part's surroundings differently with the marker in (`| trim`, say): a
+        breakpoint never goes past the text both renderings share, so its tokens are always a
+        prefix of the real prompt's, ending at or before the end of its part."""
+        positions: dict[int, int] = {}
+        removed = 0
+        for found in _MARKERS.finditer(marked):
+            positions.setdefault(int(found.group(1)), found.start() - removed)
+            removed += len(found.group(0))
+        bare = _MARKERS.sub("", marked)
+        shared = common_prefix(bare, text, min(len(bare), len(text)))  # type: ignore[arg-type]
+        out = []
+        for index, ttl in enumerate(ttls):
+            if index not in positions:
+                continue  # the template leaves that message out
+            end = min(positions[index], shared)
+            head = self.tokenizer(text[:end], add_special_tokens=False)["input_ids"]
+            out.append((common_prefix(list(head), ids, len(ids)), ttl))
+        return tuple(out)
+
+    def _text(self, messages: list[Message], tools: tuple[ToolSpec, ...], verbosity: str | None) -> str:
         converted = self._convert(messages)
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {} if verbosity is None else {"verbosity": verbosity}
         if tools and self.knows_tools:
             extra["tools"] = template_tools(tools)
         elif tools:
@@ -69,8 +114,7 @@ class ChatTemplater:
             raise InvalidRequest(
                 f"The model's chat template rejected the messages: {exc}", param="messages"
             ) from exc
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return Prompt(text, list(ids))
+        return str(text)
 
     def _convert(self, messages: list[Message]) -> list[dict[str, Any]]:
         system_parts: list[str] = []
@@ -118,6 +162,30 @@ class ChatTemplater:
             return _named(turn, name)
         # Templates without tool support get the result as a user turn, in the Hermes style.
         return {"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"}
+
+
+def _with_markers(messages: list[Message]) -> tuple[list[Message], list[str]]:
+    """The messages with a marker after the text of every part that carries a breakpoint, and the
+    breakpoints' ttls in marker order."""
+    ttls: list[str] = []
+    marked: list[Message] = []
+    for message in messages:
+        content = getattr(message, "content", None)
+        if not isinstance(content, list) or not any(
+            getattr(part, "prompt_cache_breakpoint", None) for part in content
+        ):
+            marked.append(message)
+            continue
+        parts = []
+        for part in content:
+            breakpoint_ = getattr(part, "prompt_cache_breakpoint", None)
+            if breakpoint_ is not None and isinstance(part, TextPart):
+                parts.append(part.model_copy(update={"text": part.text + _MARKER.format(len(ttls))}))
+                ttls.append(breakpoint_.ttl)
+            else:
+                parts.append(part)
+        marked.append(message.model_copy(update={"content": parts}))
+    return marked, ttls
 
 
 def _prepend_system(turns: list[dict[str, Any]], text: str) -> None:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from server.api.errors import InvalidRequest
+from server.api.errors import InvalidRequest, UnsupportedParameter, printable
 from server.api.schemas.request import (
+    AllowedToolsChoice,
     ChatCompletionRequest,
+    CustomTool,
     FunctionDefinition,
+    NamedCustomToolChoice,
     NamedFunction,
     NamedToolChoice,
+    Tool,
 )
 from server.parsers.events import CallGrammar, ToolSpec
 
@@ -45,7 +49,7 @@ def plan_tools(request: ChatCompletionRequest) -> ToolPlan | None:
             "'function_call' is only allowed when 'functions' are given.", param="function_call"
         )
     if request.tools:
-        specs = tuple(_spec(tool.function) for tool in request.tools)
+        specs = tuple(_spec(tool.function) for tool in _function_tools(request.tools))
         _check_unique(specs, "tools")
         choice = request.tool_choice or "auto"
         parallel = request.parallel_tool_calls is not False
@@ -59,9 +63,19 @@ def plan_tools(request: ChatCompletionRequest) -> ToolPlan | None:
     return None
 
 
+def _function_tools(tools: list[Tool | CustomTool]) -> list[Tool]:
+    for index, tool in enumerate(tools):
+        if isinstance(tool, CustomTool):
+            raise UnsupportedParameter(
+                f"tools[{index}]",
+                "is a 'custom' tool (free-form input); this server supports 'function' tools only",
+            )
+    return tools  # type: ignore[return-value]
+
+
 def _plan(
     specs: tuple[ToolSpec, ...],
-    choice: str | NamedToolChoice | NamedFunction,
+    choice: str | NamedToolChoice | NamedCustomToolChoice | AllowedToolsChoice | NamedFunction,
     parallel: bool,
     legacy: bool,
     param: str,
@@ -70,15 +84,43 @@ def _plan(
         return None
     if choice in ("auto", "required"):
         return ToolPlan(specs, specs, choice == "required", parallel, legacy)
+    if isinstance(choice, NamedCustomToolChoice):
+        raise UnsupportedParameter(param, "names a 'custom' tool; this server supports 'function' tools only")
+    if isinstance(choice, AllowedToolsChoice):
+        # All tools stay in the prompt (it stays the same, and cached); only these may be called.
+        entries = [
+            (entry, f"{param}.allowed_tools.tools[{i}]") for i, entry in enumerate(choice.allowed_tools.tools)
+        ]
+        named = {_declared(specs, _allowed_name(entry, where), where).name for entry, where in entries}
+        allowed = tuple(spec for spec in specs if spec.name in named)
+        return ToolPlan(specs, allowed, choice.allowed_tools.mode == "required", parallel, legacy)
     name = choice.function.name if isinstance(choice, NamedToolChoice) else choice.name  # type: ignore[union-attr]
-    named = [s for s in specs if s.name == name]
-    if not named:
-        declared = ", ".join(repr(s.name) for s in specs)
+    return ToolPlan(specs, (_declared(specs, name, param),), True, False, legacy)
+
+
+def _allowed_name(entry: dict[str, object], param: str) -> str:
+    """An `allowed_tools.tools` entry: `{"type": "function", "function": {"name": ...}}`."""
+    if entry.get("type") == "custom":
+        raise UnsupportedParameter(param, "names a 'custom' tool; this server supports 'function' tools only")
+    function = entry.get("function")
+    name = function.get("name") if isinstance(function, dict) else None
+    if entry.get("type") != "function" or not isinstance(name, str):
         raise InvalidRequest(
-            f"Invalid '{param}': function {name!r} is not among the declared functions ({declared}).",
+            f'Invalid \'{param}\': expected {{"type": "function", "function": {{"name": ...}}}}.',
             param=param,
         )
-    return ToolPlan(specs, tuple(named), True, False, legacy)
+    return name
+
+
+def _declared(specs: tuple[ToolSpec, ...], name: str, param: str) -> ToolSpec:
+    for spec in specs:
+        if spec.name == name:
+            return spec
+    declared = ", ".join(repr(s.name) for s in specs)
+    raise InvalidRequest(
+        f"Invalid '{param}': function {printable(name)!r} is not among the declared functions ({declared}).",
+        param=param,
+    )
 
 
 def _spec(fn: FunctionDefinition) -> ToolSpec:

@@ -57,6 +57,7 @@ async def test_stored_completion_is_the_response_plus_request_details(served: tu
         seed=7,
         temperature=0.5,
         user="u-1",
+        safety_identifier="sid-hash-1",
     )
     got = await client.chat.completions.retrieve(r.id)  # readable as soon as the response is complete
     assert got.choices[0].message.content == r.choices[0].message.content
@@ -64,7 +65,7 @@ async def test_stored_completion_is_the_response_plus_request_details(served: tu
     assert got.system_fingerprint == r.system_fingerprint
     extra = got.model_dump()  # the stored fields beyond the response (some the SDK declares, some not)
     assert extra["metadata"] == {"team": "a"} and extra["seed"] == 7 and extra["temperature"] == 0.5
-    assert extra["input_user"] == "u-1"
+    assert extra["input_user"] == "u-1" and extra["safety_identifier"] == "sid-hash-1"
 
 
 async def test_streamed_completions_are_stored_whole(served: tuple) -> None:

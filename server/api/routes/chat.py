@@ -13,6 +13,7 @@ from fastapi.responses import Response
 
 from server.api import sse
 from server.api.json_checks import check_json
+from server.api.obfuscation import Obfuscator
 from server.api.observability import note_error
 from server.api.schemas.request import ChatCompletionRequest
 from server.chat import aggregate
@@ -39,6 +40,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         check_json(raw, depth)
     # A metrics label: only configured ids, so clients cannot grow the label set.
     request.state.model = body.model if body.model in request.app.state.registry.configured_ids else ""
+    request.state.end_user = body.safety_identifier or body.user  # an id, for the access log
     stream = await service.start(body, project=request.state.project)
     if body.stream:
         # The status line waits for the request's place in the batch: a refusal is still a 429.
@@ -46,8 +48,14 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
             await _unless_disconnected(stream.admitted(), request)
         except _ClientGone:
             return Response(status_code=499)
+        options = body.stream_options
+        obfuscated = options is None or options.include_obfuscation is not False
         return sse.EventStreamResponse(
-            sse.encode(stream.for_client(), on_error=lambda error: note_error(request, error)),
+            sse.encode(
+                stream.for_client(),
+                on_error=lambda error: note_error(request, error),
+                frame=Obfuscator().event if obfuscated else sse.event,
+            ),
             stalled_after_s=request.app.state.stalled_stream_timeout_s,
             on_stalled=request.app.state.metrics.stalled_streams.inc,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

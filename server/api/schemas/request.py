@@ -6,7 +6,7 @@ import logging
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from server.api.errors import printable
 
@@ -45,17 +45,28 @@ class _History(BaseModel):
 # --- content parts ---------------------------------------------------------------------------
 
 
-class TextPart(_History):
+class CacheBreakpoint(_Wire):
+    """Pins the prompt's KV up to the end of the part it sits on, for at least `ttl`."""
+
+    mode: Literal["explicit"]
+    ttl: Literal["30m", "12h"] = "30m"
+
+
+class _Part(_History):
+    prompt_cache_breakpoint: CacheBreakpoint | None = None
+
+
+class TextPart(_Part):
     type: Literal["text"]
     text: str
 
 
 class ImageURL(_History):
     url: str
-    detail: Literal["auto", "low", "high"] = "auto"
+    detail: Literal["auto", "low", "high", "original"] = "auto"
 
 
-class ImagePart(_History):
+class ImagePart(_Part):
     type: Literal["image_url"]
     image_url: ImageURL
 
@@ -65,7 +76,7 @@ class InputAudio(_History):
     format: Literal["wav", "mp3"]
 
 
-class AudioPart(_History):
+class AudioPart(_Part):
     type: Literal["input_audio"]
     input_audio: InputAudio
 
@@ -76,7 +87,7 @@ class FileData(_History):
     filename: str | None = None
 
 
-class FilePart(_History):
+class FilePart(_Part):
     type: Literal["file"]
     file: FileData
 
@@ -102,6 +113,30 @@ class ToolCall(_History):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
+
+
+class CustomCallInput(_History):
+    name: str
+    input: str
+
+
+class CustomToolCall(_History):
+    id: str
+    type: Literal["custom"]
+    custom: CustomCallInput
+
+
+def _call_kind(value: Any) -> str:
+    kind = value.get("type", "function") if isinstance(value, dict) else getattr(value, "type", "function")
+    return "custom tool call" if kind == "custom" else "function tool call"
+
+
+# Tags that are no key of a call, so an error's path stays `tool_calls[0].id` (pydantic puts the
+# tag in it: with the plain `type` discriminator the tag "function" read as the `function` key).
+AnyToolCall = Annotated[
+    Annotated[ToolCall, Tag("function tool call")] | Annotated[CustomToolCall, Tag("custom tool call")],
+    Discriminator(_call_kind),
+]
 
 
 class AssistantAudioRef(_History):
@@ -131,7 +166,7 @@ class AssistantMessage(_History):
     content: str | list[AssistantContentPart] | None = None
     name: str | None = None
     refusal: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[AnyToolCall] | None = None
     function_call: FunctionCall | None = None
     audio: AssistantAudioRef | None = None
     # Output-only citations, present when a client sends a response's message back as history
@@ -175,6 +210,22 @@ class Tool(_Wire):
     function: FunctionDefinition
 
 
+class CustomToolDefinition(_Wire):
+    name: FunctionName
+    description: str | None = None
+    format: dict[str, Any] | None = None
+
+
+class CustomTool(_Wire):
+    """A tool whose input is free text (or text in a grammar): parsed so it can be refused by name."""
+
+    type: Literal["custom"]
+    custom: CustomToolDefinition
+
+
+AnyTool = Annotated[Tool | CustomTool, Field(discriminator="type")]
+
+
 class NamedFunction(_Wire):
     name: str
 
@@ -182,6 +233,26 @@ class NamedFunction(_Wire):
 class NamedToolChoice(_Wire):
     type: Literal["function"]
     function: NamedFunction
+
+
+class NamedCustomToolChoice(_Wire):
+    type: Literal["custom"]
+    custom: NamedFunction
+
+
+class AllowedTools(_Wire):
+    mode: Literal["auto", "required"]
+    tools: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=128)]
+
+
+class AllowedToolsChoice(_Wire):
+    type: Literal["allowed_tools"]
+    allowed_tools: AllowedTools
+
+
+ToolChoiceObject = Annotated[
+    NamedToolChoice | NamedCustomToolChoice | AllowedToolsChoice, Field(discriminator="type")
+]
 
 
 class ResponseFormatText(_Wire):
@@ -240,6 +311,26 @@ class WebSearchOptions(_Wire):
 
 class StreamOptions(_Wire):
     include_usage: bool | None = None
+    include_obfuscation: bool | None = None
+
+
+class PromptCacheOptions(_Wire):
+    mode: Literal["implicit", "explicit"] = "implicit"
+    ttl: Literal["30m"] = "30m"
+
+
+class ModerationMode(_Wire):
+    mode: Literal["score", "block"]
+
+
+class ModerationPolicy(_Wire):
+    input: ModerationMode | None = None
+    output: ModerationMode | None = None
+
+
+class Moderation(_Wire):
+    model: str
+    policy: ModerationPolicy | None = None
 
 
 # --- the request -----------------------------------------------------------------------------
@@ -295,14 +386,19 @@ class ChatCompletionRequest(_Wire):
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     metadata: Annotated[dict[str, str] | None, AfterValidator(check_metadata)] = None
     modalities: list[Literal["text", "audio"]] | None = None
+    moderation: Moderation | None = None
     n: Annotated[int, Field(ge=1, le=128)] | None = None
     parallel_tool_calls: bool | None = None
     prediction: PredictionContent | None = None
     presence_penalty: Penalty | None = None
-    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    prompt_cache_key: Annotated[str, Field(max_length=1024)] | None = None
+    prompt_cache_options: PromptCacheOptions | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     response_format: ResponseFormat | None = None
+    safety_identifier: Annotated[str, Field(max_length=128)] | None = None
     seed: Annotated[int, Field(ge=-(2**63), lt=2**64)] | None = None
-    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None = None
     stop: Annotated[
         str | Annotated[list[str], Field(min_length=1, max_length=4)] | None, AfterValidator(_check_stop)
     ] = None
@@ -310,11 +406,12 @@ class ChatCompletionRequest(_Wire):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ToolChoiceObject | None = None
+    tools: Annotated[list[AnyTool], Field(max_length=128)] | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     user: str | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
     web_search_options: WebSearchOptions | None = None
 
     @property
