@@ -98,8 +98,7 @@ async def test_explicit_mode_without_breakpoints_disables_caching(small_cache: t
     _, client, _ = small_cache
     messages = [{"role": "system", "content": "Explicit mode. " * 20}, {"role": "user", "content": "Hi"}]
     await ask(client, messages)
-    explicit = {"prompt_cache_options": {"mode": "explicit"}}
-    assert await ask(client, messages, extra_body=explicit) == 0
+    assert await ask(client, messages, prompt_cache_options={"mode": "explicit"}) == 0
     assert await ask(client, messages) > 0  # the implicit cache still had it
 
 
@@ -108,8 +107,7 @@ async def test_explicit_mode_hits_only_at_a_breakpoint(small_cache: tuple) -> No
     system = pinned_system("Explicit breakpoint mode. " * 12)
     first = [system, {"role": "user", "content": "Same question"}]
     await ask(client, first)
-    explicit = {"prompt_cache_options": {"mode": "explicit"}}
-    cached = await ask(client, first, extra_body=explicit)
+    cached = await ask(client, first, prompt_cache_options={"mode": "explicit"})
     implicit = await ask(client, first)
     assert 0 < cached < implicit  # up to the breakpoint only, not the whole shared prompt
 
@@ -142,7 +140,7 @@ async def _quiet_key_survives(client: openai.AsyncOpenAI) -> None:
 async def test_implicit_options_and_retention_are_accepted(small_cache: tuple) -> None:
     _, client, _ = small_cache
     messages = [{"role": "system", "content": "Options. " * 30}, {"role": "user", "content": "x"}]
-    await ask(client, messages, extra_body={"prompt_cache_options": {"mode": "implicit", "ttl": "30m"}})
+    await ask(client, messages, prompt_cache_options={"mode": "implicit", "ttl": "30m"})
     await churn(client, "options")
     # The implicit breakpoint (the whole prompt) was pinned for 30 minutes.
     assert await ask(client, messages, prompt_cache_retention="24h") > 0
