@@ -38,18 +38,20 @@ def tokenizer(default_checkpoint: Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(default_checkpoint)
 
 
+# The shape of every tiny random-weight model the tests build.
+TINY_SIZES = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase) -> Path:
     """A 2-layer random-weight Llama with the default model's tokenizer: fast, and deterministic."""
     target = tmp_path_factory.mktemp("tiny-model")
     torch.manual_seed(0)
     config = LlamaConfig(
+        **TINY_SIZES,
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -45,10 +45,41 @@ class StepLayout:
     decode_len: int
     decode_contiguous: bool  # decode slots are exactly 0..decodes-1 in order
     prefills: list[PrefillSegment] = field(default_factory=list)
+    decode_last: torch.Tensor | None = None  # [decode_rows] the position each row's query sits at
+    # Masks of sliding-window layers, made once per step: (segment offset or -1 for decodes, window).
+    window_masks: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
     @property
     def num_decodes(self) -> int:
         return int(self.decode_slots.numel())
+
+    def decode_mask(self, window: int | None) -> torch.Tensor | None:
+        """The decode rows' additive mask, with keys older than `window` hidden too."""
+        if window is None or self.decode_bias is None or self.decode_last is None:
+            return self.decode_bias
+        mask = self.window_masks.get((-1, window))
+        if mask is None:
+            old = torch.arange(self.decode_len, device=self.decode_last.device) <= (
+                self.decode_last - window
+            ).unsqueeze(1)
+            mask = self.decode_bias.masked_fill(
+                old.view(self.decode_rows, 1, 1, self.decode_len), float("-inf")
+            )
+            self.window_masks[(-1, window)] = mask
+        return mask
+
+    def prefill_mask(self, seg: PrefillSegment, window: int | None) -> torch.Tensor | None:
+        """A prompt chunk's boolean mask (True: attend): causal, and within `window` when given."""
+        if window is None:
+            return seg.causal_mask
+        mask = self.window_masks.get((seg.offset, window))
+        if mask is None:
+            device = self.decode_slots.device
+            rows = torch.arange(seg.length, device=device).unsqueeze(1) + seg.past
+            cols = torch.arange(seg.past + seg.length, device=device).unsqueeze(0)
+            mask = (cols <= rows) & (cols > rows - window)
+            self.window_masks[(seg.offset, window)] = mask
+        return mask
 
 
 class SlotKVCache:
@@ -95,6 +126,17 @@ class SlotKVCache:
         self.num_slots = self.capacity = 0
 
 
+# Keyword arguments transformers' attention modules pass that change nothing here (inference: no
+# dropout; our own cache, positions and masks). Any other one with a value is refused.
+_INERT_KWARGS = frozenset(
+    {BATCH_KWARG, "position_ids", "use_cache", "cache_position", "output_attentions", "output_router_logits"}
+)
+
+
+class UnsupportedAttention(RuntimeError):
+    """The model's attention takes something this engine does not compute: it must not start."""
+
+
 def slot_attention(
     module: torch.nn.Module,
     query: torch.Tensor,  # [1, heads, tokens, head_dim]
@@ -103,8 +145,18 @@ def slot_attention(
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
+    sliding_window: int | None = None,  # this layer attends to the last `sliding_window` keys only
+    softcap: float | None = None,  # Gemma 2: scores -> tanh(scores / softcap) * softcap
+    s_aux: torch.Tensor | None = None,  # gpt-oss: one sink logit per head, in the softmax, no value
     **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
+    unknown = sorted(
+        name for name, given in kwargs.items() if name not in _INERT_KWARGS and given is not None
+    )
+    if unknown:
+        raise UnsupportedAttention(
+            f"its attention takes {', '.join(unknown)}, which this engine does not compute"
+        )
     layout = kwargs[BATCH_KWARG]
     assert isinstance(layout, StepLayout)
     layer = int(module.layer_idx)  # type: ignore[arg-type]
@@ -112,6 +164,8 @@ def slot_attention(
     heads, tokens, head_dim = query.shape[1], query.shape[2], query.shape[3]
     kv_heads = key.shape[1]
     group = heads // kv_heads
+    scale = scaling if scaling is not None else head_dim**-0.5
+    explicit = softcap is not None or s_aux is not None
     out = query.new_empty((tokens, heads, head_dim))
 
     decodes = layout.num_decodes
@@ -126,13 +180,14 @@ def slot_attention(
             rows = q.new_zeros((layout.decode_rows, kv_heads, group, head_dim))
             rows[layout.decode_slots] = q
             q = rows
-        attended = F.scaled_dot_product_attention(
-            q,
-            keys[: layout.decode_rows, :, : layout.decode_len],
-            values[: layout.decode_rows, :, : layout.decode_len],
-            attn_mask=layout.decode_bias,
-            scale=scaling,
-        )
+        k = keys[: layout.decode_rows, :, : layout.decode_len]
+        v = values[: layout.decode_rows, :, : layout.decode_len]
+        mask = layout.decode_mask(sliding_window)
+        if explicit:
+            sinks = None if s_aux is None else s_aux.view(kv_heads, group, 1)
+            attended = _explicit_attention(q, k, v, mask, scale, softcap, sinks)
+        else:
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         if not layout.decode_contiguous:
             attended = attended[layout.decode_slots]
         out[:decodes] = attended.reshape(decodes, heads, head_dim)
@@ -141,17 +196,48 @@ def slot_attention(
         end = seg.past + seg.length
         keys[seg.slot, :, seg.past : end] = key[0, :, seg.offset : seg.offset + seg.length]
         values[seg.slot, :, seg.past : end] = value[0, :, seg.offset : seg.offset + seg.length]
-        attended = F.scaled_dot_product_attention(
-            query[:, :, seg.offset : seg.offset + seg.length],
-            keys[seg.slot : seg.slot + 1, :, :end],
-            values[seg.slot : seg.slot + 1, :, :end],
-            attn_mask=seg.causal_mask,
-            is_causal=seg.causal_mask is None,
-            scale=scaling,
-            enable_gqa=group > 1,
-        )
+        q = query[:, :, seg.offset : seg.offset + seg.length]
+        k, v = keys[seg.slot : seg.slot + 1, :, :end], values[seg.slot : seg.slot + 1, :, :end]
+        mask = layout.prefill_mask(seg, sliding_window)
+        if explicit:
+            if mask is None:
+                mask = torch.ones(seg.length, end, dtype=torch.bool, device=q.device).tril(seg.past)
+            sinks = None if s_aux is None else s_aux.view(1, heads, 1, 1)
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+            attended = _explicit_attention(q, k, v, mask, scale, softcap, sinks)
+        else:
+            attended = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=group > 1
+            )
         out[seg.offset : seg.offset + seg.length] = attended[0].transpose(0, 1)
     return out.unsqueeze(0), None
+
+
+def _explicit_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,  # bool (True: attend) or additive
+    scale: float,
+    softcap: float | None,
+    sinks: torch.Tensor | None,  # broadcastable to the scores' shape without the key dimension
+) -> torch.Tensor:
+    """Attention written out, for what SDPA cannot do: softcapped scores (as Gemma 2's eager
+    attention: softmax in float32), attention sinks (as gpt-oss's: a per-head logit joins the
+    softmax and is dropped after it)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    if sinks is not None:
+        sink = sinks.to(scores.dtype).expand(*scores.shape[:-1], 1)
+        scores = torch.cat([scores, sink], dim=-1)
+        scores = scores - scores.amax(dim=-1, keepdim=True)
+        probs = F.softmax(scores, dim=-1, dtype=scores.dtype)[..., :-1]
+    else:
+        probs = F.softmax(scores, dim=-1, dtype=torch.float32)
+    return torch.matmul(probs.to(v.dtype), v)
 
 
 def _no_mask(*args: object, **kwargs: object) -> None:

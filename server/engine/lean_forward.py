@@ -28,6 +28,14 @@ from server.engine.kv_cache import BATCH_KWARG, StepLayout, slot_attention
 # -> residual -> RMSNorm -> SiLU-gated MLP -> residual, with a plain lm_head on the final norm.
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2"})
 
+
+def _has_sliding_window(model: PreTrainedModel) -> bool:
+    """Mistral reads `config.sliding_window` in every layer; Qwen2 sets it per layer (layer_types)."""
+    if model.config.model_type == "mistral" and getattr(model.config, "sliding_window", None):
+        return True
+    return any(getattr(layer.self_attn, "sliding_window", None) for layer in model.model.layers)
+
+
 Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -110,6 +118,8 @@ class LeanForward:
             return None
         if len(set((getattr(model, "hf_device_map", None) or {}).values())) > 1:
             return None  # split across devices: accelerate's hooks move activations module by module
+        if _has_sliding_window(model):
+            return None  # the model's own forward hands each layer's window to slot_attention
         layers = []
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp

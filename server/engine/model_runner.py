@@ -8,7 +8,7 @@ import torch
 from transformers import PreTrainedModel
 
 from server.engine import cpu_kernels, kv_cache
-from server.engine.kv_cache import PrefillSegment, SlotKVCache, StepLayout
+from server.engine.kv_cache import PrefillSegment, SlotKVCache, StepLayout, UnsupportedAttention
 from server.engine.lean_forward import LeanForward
 from server.engine.scheduler import Chunk, StepPlan
 from server.engine.sequence import Sequence
@@ -29,6 +29,7 @@ class ModelRunner:
         self.lean = LeanForward.build(model) if lean else None
         cpu_kernels.pack_linears(model, skip=self.lean.fused_parts if self.lean else frozenset())
         self.cache = SlotKVCache(model, self.device, self.dtype)
+        self._probe_own_forward()
         if self.lean is not None and not self._lean_matches():
             logger.warning("the lean forward pass does not match the model's own; using the model's")
             self.lean = None
@@ -81,6 +82,23 @@ class ModelRunner:
             ).logits
         return logits[0].float().cpu()
 
+    def _probe_own_forward(self) -> None:
+        """A prompt read and a decode step through the model's own forward: a model whose attention
+        takes what the engine does not compute refuses to start, naming it (never a silent
+        approximation)."""
+        seq = Sequence("probe", [i % self.vocab_size for i in range(1, 13)], 12, _PROBE)
+        seq.slot = 0
+        try:
+            self.run(StepPlan(1, 64, prefills=[Chunk(seq, 0, 12)]), lean=False)
+            seq.token_ids.append(7)
+            self.run(StepPlan(1, 64, decodes=[Chunk(seq, 12, 1)]), lean=False)
+        except UnsupportedAttention as exc:
+            raise UnsupportedAttention(
+                f"{self.model.config.model_type} models cannot be served: {exc}"
+            ) from exc
+        finally:
+            self.cache.release()
+
     def _lean_matches(self) -> bool:
         try:
             return self._probe_lean()
@@ -125,7 +143,7 @@ class ModelRunner:
         positions = [c.start for c in plan.decodes]
         rows = (max(slots) + 1) if slots else 0  # type: ignore[type-var]
         length = (max(positions) + 1) if positions else 0
-        bias = None
+        bias = last = None
         if slots:
             last = torch.zeros(rows, dtype=torch.long)  # rows of slots not decoding see position 0 only
             last[torch.tensor(slots)] = torch.tensor(positions)
@@ -142,4 +160,5 @@ class ModelRunner:
             decode_len=length,
             decode_contiguous=slots == list(range(len(slots))),
             prefills=segments,
+            decode_last=None if last is None else last.to(self.device),
         )

@@ -21,16 +21,9 @@ from server.engine.model_runner import ModelRunner
 from server.engine.scheduler import Scheduler
 from server.engine.sequence import Sequence
 from server.engine.types import EngineConfig, SamplingParams
+from tests.conftest import TINY_SIZES
 
-SIZES = dict(
-    vocab_size=96,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-)
+SIZES = dict(**TINY_SIZES, vocab_size=96, max_position_embeddings=256)
 
 
 def twins(
