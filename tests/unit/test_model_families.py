@@ -63,9 +63,9 @@ FAMILIES: dict[str, dict[str, Any]] = {
 }
 
 
-def build(name: str) -> PreTrainedModel:
+def build(name: str, **overrides: Any) -> PreTrainedModel:
     torch.manual_seed(0)
-    config = getattr(transformers, name)(**{**COMMON, **FAMILIES[name]})
+    config = getattr(transformers, name)(**{**COMMON, **FAMILIES[name], **overrides})
     model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32).eval()
     with torch.no_grad():
         for parameter in model.parameters():
