@@ -15,8 +15,11 @@ class IncrementalDecoder:
     decode keep it, and a character whose bytes span several tokens is held back until complete.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, keep: frozenset[int] = frozenset()) -> None:
+        """`keep`: special tokens written out as their text (a tool-call parser reads them, e.g.
+        Mistral's `[TOOL_CALLS]`); every other special token is left out, as always."""
         self._tokenizer = tokenizer
+        self._keep = keep
         self._ids: list[int] = []
         self._prefix_offset = 0
         self._read_offset = 0
@@ -44,4 +47,19 @@ class IncrementalDecoder:
         return full[len(prefix) :]
 
     def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+        if not ids:
+            return ""
+        if not self._keep or self._keep.isdisjoint(ids):
+            return self._tokenizer.decode(ids, skip_special_tokens=True)
+        pieces: list[str] = []
+        run: list[int] = []
+        for token_id in [*ids, None]:
+            if token_id is None or token_id in self._keep:
+                if run:
+                    pieces.append(self._tokenizer.decode(run, skip_special_tokens=True))
+                    run = []
+                if token_id is not None:
+                    pieces.append(self._tokenizer.convert_ids_to_tokens(token_id))
+            else:
+                run.append(token_id)
+        return "".join(pieces)

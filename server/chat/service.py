@@ -147,9 +147,10 @@ class ChatService:
             ),
             include_usage=bool(request.stream_options and request.stream_options.include_usage),
         )
+        keep = _parser_tokens(constraint, served)
         assemblers = [
             ChoiceAssembler(
-                IncrementalDecoder(served.tokenizer),
+                IncrementalDecoder(served.tokenizer, keep),
                 served.tokens,
                 request.stop_sequences,
                 bool(request.logprobs),
@@ -195,6 +196,14 @@ def _prepare(
     tools = constraint.tools.tools if constraint.tools else ()
     prompt = served.templater.render(request.messages, tools, request.verbosity)
     return constraint, masks, prompt
+
+
+def _parser_tokens(constraint: Constraint, served: ServedModel) -> frozenset[int]:
+    """The special tokens the request's tool parser reads (decoded as text for it)."""
+    if constraint.parser is None:
+        return frozenset()
+    ids = (served.grammars.special_token(marker) for marker in constraint.parser.syntax_markers)
+    return frozenset(token_id for token_id in ids if token_id is not None)
 
 
 def _shaper(constraint: Constraint) -> ChoiceDeltas:

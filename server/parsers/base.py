@@ -25,6 +25,9 @@ class ToolCallParser(ABC):
     name: ClassVar[str]
     # Substrings of a chat template that show the model was trained on this format.
     template_markers: ClassVar[tuple[str, ...]] = ()
+    # What the parser reads that a vocabulary may hold as one special token: those tokens are
+    # decoded as their text for it (special tokens are otherwise left out of the output).
+    syntax_markers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self.calls = 0

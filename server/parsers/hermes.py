@@ -19,6 +19,7 @@ class HermesParser(JsonEnvelopeParser):
     name = "hermes"
     template_markers = (OPEN,)
     open_markers = (OPEN,)
+    syntax_markers = (OPEN, CLOSE)
     header = regex.compile(rf'\s*\{{\s*"name"\s*:\s*(?P<name>{JSON_STRING})\s*,\s*"arguments"\s*:\s*\{{')
     call_close = regex.compile(rf"\s*\}}\s*{regex.escape(CLOSE)}")
 

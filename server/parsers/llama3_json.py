@@ -13,6 +13,7 @@ class Llama3JsonParser(JsonEnvelopeParser):
     name = "llama3_json"
     template_markers = ('"parameters": dictionary of argument name', "<|python_tag|>")
     open_markers = ("<|python_tag|>",)
+    syntax_markers = open_markers
     bare_start = True
     header = regex.compile(
         rf'\s*\{{\s*"name"\s*:\s*(?P<name>{JSON_STRING})\s*,\s*"(?:parameters|arguments)"\s*:\s*\{{'

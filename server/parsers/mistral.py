@@ -14,6 +14,7 @@ class MistralParser(JsonEnvelopeParser):
     name = "mistral"
     template_markers = (OPEN,)
     open_markers = (OPEN,)
+    syntax_markers = (OPEN,)
     list_open = regex.compile(r"\s*\[")
     header = regex.compile(rf'\s*\{{\s*"name"\s*:\s*(?P<name>{JSON_STRING})\s*,\s*"arguments"\s*:\s*\{{')
     call_close = regex.compile(r"\s*\}")

@@ -4,6 +4,7 @@ weights still names the function with arguments that validate (the grammar guara
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,11 +13,13 @@ import httpx
 import jsonschema
 import openai
 import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from server.api.schemas.request import ChatCompletionRequest
 from server.parsers.events import ToolSpec
 from tests.api.conftest import running_app
-from tests.conftest import tiny_config_yaml
+from tests.conftest import TINY_SIZES, tiny_config_yaml
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
 PARAMETERS = {
@@ -32,6 +35,9 @@ TOOLS = [
     }
 ]
 ASK = [{"role": "user", "content": "Weather in Paris?"}]
+FORCED_CALL: dict = dict(
+    model="tiny", messages=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False
+)
 FAMILIES = {
     # template file: (expected parser, a marker of the family's tool prompt in the rendered prompt)
     "qwen2_5.jinja": ("hermes", "# Tools"),
@@ -96,7 +102,7 @@ async def test_tools_and_tool_history_render_the_family_way(family: tuple) -> No
 @pytest.mark.parametrize("stream", [False, True])
 async def test_forced_call_from_random_weights_is_valid(family: tuple, stream: bool) -> None:
     _, _, client = family
-    kwargs = dict(model="tiny", messages=ASK, tools=TOOLS, tool_choice="required", parallel_tool_calls=False)
+    kwargs = FORCED_CALL
     if stream:
         chunks = [c async for c in await client.chat.completions.create(**kwargs, stream=True, max_tokens=80)]
         calls = [tc for c in chunks for ch in c.choices for tc in ch.delta.tool_calls or []]
@@ -110,4 +116,51 @@ async def test_forced_call_from_random_weights_is_valid(family: tuple, stream: b
         (call,) = r.choices[0].message.tool_calls
         assert call.function.name == "get_weather"
         arguments = call.function.arguments
+    jsonschema.validate(json.loads(arguments), PARAMETERS)
+
+
+@pytest.fixture(scope="module")
+async def mistral_control_tokens(
+    tokenizer: PreTrainedTokenizerBase, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[openai.AsyncOpenAI]:
+    """A Mistral-style vocabulary: `[TOOL_CALLS]` is one special (control) token, as in the v3
+    tokenizers, which decoding with special tokens skipped used to drop before the parser saw it."""
+    folder = tmp_path_factory.mktemp("mistral-control")
+    extended = copy.deepcopy(tokenizer)
+    extended.add_special_tokens({"additional_special_tokens": ["[TOOL_CALLS]"]})
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        **TINY_SIZES, vocab_size=len(extended), max_position_embeddings=512, tie_word_embeddings=False
+    )
+    LlamaForCausalLM(config).save_pretrained(folder / "model")
+    extended.save_pretrained(folder / "model")
+    template = TEMPLATES / "mistral.jinja"
+    path = tiny_config_yaml(folder / "model", folder, f"    chat_template: {template}\n")
+    async with running_app(path) as app:
+        assert app.state.registry.get("tiny").grammars.special_token("[TOOL_CALLS]") is not None
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=120) as http:
+            yield openai.AsyncOpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_call_opened_by_a_control_token_is_parsed(
+    mistral_control_tokens: openai.AsyncOpenAI, stream: bool
+) -> None:
+    client = mistral_control_tokens
+    kwargs = {**FORCED_CALL, "max_tokens": 80}
+    if stream:
+        chunks = [c async for c in await client.chat.completions.create(**kwargs, stream=True)]
+        calls = [tc for c in chunks for ch in c.choices for tc in ch.delta.tool_calls or []]
+        content = "".join(ch.delta.content or "" for c in chunks for ch in c.choices)
+        finish = [ch.finish_reason for c in chunks for ch in c.choices if ch.finish_reason]
+        assert calls and calls[0].function.name == "get_weather" and finish == ["tool_calls"]
+        arguments = "".join(tc.function.arguments or "" for tc in calls)
+    else:
+        r = await client.chat.completions.create(**kwargs)
+        assert r.choices[0].finish_reason == "tool_calls", r.choices[0]
+        (call,) = r.choices[0].message.tool_calls
+        content = r.choices[0].message.content or ""
+        arguments = call.function.arguments
+    assert "[TOOL_CALLS]" not in content
     jsonschema.validate(json.loads(arguments), PARAMETERS)
