@@ -173,7 +173,7 @@ class ChatService:
             stream = served.engine.stream(engine_requests, deadline)
         except QueueFull as exc:
             raise RateLimited(f"The server is busy ({exc}); retry shortly.") from exc
-        shapers = [_shaper(constraint) for _ in range(n)]
+        shapers = [_shaper(constraint, served) for _ in range(n)]
         observer = RequestObserver(self._metrics, header.model, started, n)
         chunks = _generate(header, stream, assemblers, shapers, len(prompt.token_ids), observer)
         if self._log_content:
@@ -206,10 +206,12 @@ def _parser_tokens(constraint: Constraint, served: ServedModel) -> frozenset[int
     return frozenset(token_id for token_id in ids if token_id is not None)
 
 
-def _shaper(constraint: Constraint) -> ChoiceDeltas:
+def _shaper(constraint: Constraint, served: ServedModel) -> ChoiceDeltas:
     if constraint.tools is None or constraint.parser is None:
         return ChoiceDeltas()
-    return ToolCallDeltas(constraint.parser(), constraint.tools.legacy_functions)
+    return ToolCallDeltas(
+        constraint.parser(), constraint.tools.legacy_functions, served.templater.call_ids.new
+    )
 
 
 async def _generate(

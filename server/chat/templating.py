@@ -20,9 +20,11 @@ from server.api.schemas.request import (
     RefusalPart,
     SystemMessage,
     TextPart,
+    ToolCall,
     ToolMessage,
     UserMessage,
 )
+from server.chat.call_ids import ANY, CANDIDATES, CallIdFormat
 from server.chat.tools import builtin_tool_prompt, template_tools
 from server.engine.slots import common_prefix
 from server.parsers.events import ToolSpec
@@ -59,6 +61,30 @@ class ChatTemplater:
         # A template that never reads `tools` would drop them silently: those get our tool prompt.
         self.knows_tools = "tools" in self.template
         self.reads_verbosity = "verbosity" in self.template
+        self.call_ids = ANY
+        self.call_ids = self._accepted_call_ids()
+
+    def _accepted_call_ids(self) -> CallIdFormat:
+        """The id format the template takes back: a tool-call turn rendered with each candidate
+        (Mistral's templates raise on any id that is not 9 alphanumeric characters)."""
+        if not self.knows_tool_calls:
+            return ANY
+        for candidate in CANDIDATES:
+            call_id = candidate.new()
+            probe: list[Message] = [
+                UserMessage(role="user", content="probe"),
+                AssistantMessage(
+                    role="assistant",
+                    tool_calls=[ToolCall(id=call_id, function=FunctionCall(name="probe", arguments="{}"))],
+                ),
+                ToolMessage(role="tool", content="probe", tool_call_id=call_id),
+            ]
+            try:
+                self._text(probe, (), None)
+            except Exception:  # a template may fail on a probe in any way; that candidate is out
+                continue
+            return candidate
+        return ANY
 
     def render(
         self, messages: list[Message], tools: tuple[ToolSpec, ...] = (), verbosity: str | None = None
@@ -141,7 +167,7 @@ class ChatTemplater:
 
     def _assistant(self, message: AssistantMessage) -> dict[str, Any]:
         content = _assistant_text(message)
-        calls = [(c.id, c.function) for c in message.tool_calls or []]
+        calls = [(self.call_ids.fit(c.id), c.function) for c in message.tool_calls or []]
         if message.function_call is not None:
             calls.append((None, message.function_call))
         turn: dict[str, Any] = _named({"role": "assistant", "content": content}, message.name)
@@ -158,7 +184,7 @@ class ChatTemplater:
         if self.knows_tool_calls:
             turn: dict[str, Any] = {"role": "tool", "content": content}
             if tool_call_id is not None:
-                turn["tool_call_id"] = tool_call_id
+                turn["tool_call_id"] = self.call_ids.fit(tool_call_id)
             return _named(turn, name)
         # Templates without tool support get the result as a user turn, in the Hermes style.
         return {"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"}

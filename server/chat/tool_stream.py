@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Callable
 
 from openai.types.chat.chat_completion_chunk import (
     ChoiceDelta,
@@ -13,10 +13,6 @@ from openai.types.chat.chat_completion_chunk import (
 
 from server.parsers.base import ToolCallParser
 from server.parsers.events import ParseEvent, ToolCallArguments, ToolCallStart
-
-
-def new_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 class ChoiceDeltas:
@@ -37,9 +33,12 @@ class ToolCallDeltas(ChoiceDeltas):
     fragments of one call concatenate to its `arguments`. With the deprecated `functions`, the one
     call is sent as `function_call` instead."""
 
-    def __init__(self, parser: ToolCallParser, legacy_functions: bool) -> None:
+    def __init__(
+        self, parser: ToolCallParser, legacy_functions: bool, new_call_id: Callable[[], str]
+    ) -> None:
         self._parser = parser
         self._legacy = legacy_functions
+        self._new_call_id = new_call_id  # ids in the form the model's template takes back
 
     def feed(self, text: str) -> list[ChoiceDelta]:
         return [self._delta(event) for event in self._parser.feed(text)] if text else []
@@ -60,7 +59,7 @@ class ToolCallDeltas(ChoiceDeltas):
                 return ChoiceDelta(function_call=ChoiceDeltaFunctionCall(name=event.name, arguments=""))
             function = ChoiceDeltaToolCallFunction(name=event.name, arguments="")
             call = ChoiceDeltaToolCall(
-                index=event.index, id=new_call_id(), type="function", function=function
+                index=event.index, id=self._new_call_id(), type="function", function=function
             )
             return ChoiceDelta(tool_calls=[call])
         assert isinstance(event, ToolCallArguments)
