@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
@@ -37,6 +37,11 @@ CHATML_TEMPLATE = (
 PART_SEPARATOR = "\n"  # text parts of one message are joined with a newline, as vLLM does
 
 
+# Where a template reads the tools from; "prompt": nowhere, so our tool prompt goes in the system turn.
+ToolsFrom = Literal["variable", "system message", "prompt"]
+_TOOL_PLACES: tuple[ToolsFrom, ...] = ("variable", "system message")
+_PROBE_TOOL = "probe_tool_b41c7e"
+
 # Stands for the end of a content part with a prompt_cache_breakpoint in a second rendering that
 # finds where each breakpoint lands (private-use characters: no template or text has them).
 _MARKER = "\ue000{}\ue001"
@@ -58,11 +63,30 @@ class ChatTemplater:
         self.template = template or tokenizer.chat_template or CHATML_TEMPLATE
         self.knows_developer = "developer" in self.template
         self.knows_tool_calls = "tool_calls" in self.template
-        # A template that never reads `tools` would drop them silently: those get our tool prompt.
-        self.knows_tools = "tools" in self.template
         self.reads_verbosity = "verbosity" in self.template
         self.call_ids = ANY
+        self.tools_from: ToolsFrom = "prompt"
+        self.tools_from = self._where_tools_are_read()
         self.call_ids = self._accepted_call_ids()
+
+    def _where_tools_are_read(self) -> ToolsFrom:
+        """Where this template reads the tools from, found by rendering a probe tool: the `tools`
+        variable (most), the system message's `tools` field (Phi-4-mini), or nowhere, when the
+        tools would be dropped silently: those templates get our tool prompt."""
+        probe = (ToolSpec(_PROBE_TOOL, {"type": "object", "properties": {}}, None),)
+        messages: list[Message] = [
+            SystemMessage(role="system", content="probe"),
+            UserMessage(role="user", content="probe"),
+        ]
+        if "tools" in self.template:
+            for place in _TOOL_PLACES:
+                self.tools_from = place
+                try:
+                    if _PROBE_TOOL in self._text(messages, probe, None):
+                        return place
+                except Exception:  # a template may fail on a probe in any way; that place is out
+                    continue
+        return "prompt"
 
     def _accepted_call_ids(self) -> CallIdFormat:
         """The id format the template takes back: a tool-call turn rendered with each candidate
@@ -122,8 +146,12 @@ class ChatTemplater:
     def _text(self, messages: list[Message], tools: tuple[ToolSpec, ...], verbosity: str | None) -> str:
         converted = self._convert(messages)
         extra: dict[str, Any] = {} if verbosity is None else {"verbosity": verbosity}
-        if tools and self.knows_tools:
+        if tools and self.tools_from == "variable":
             extra["tools"] = template_tools(tools)
+        elif tools and self.tools_from == "system message":
+            if not converted or converted[0]["role"] != "system":
+                converted.insert(0, {"role": "system", "content": ""})
+            converted[0]["tools"] = json.dumps(template_tools(tools), ensure_ascii=False)
         elif tools:
             _prepend_system(converted, builtin_tool_prompt(tools))
         continue_final = converted[-1]["role"] == "assistant"

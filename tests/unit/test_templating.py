@@ -1,10 +1,15 @@
+from pathlib import Path
+
 import pytest
 from pydantic import TypeAdapter
 from transformers import PreTrainedTokenizerBase
 
 from server.api.errors import UnsupportedParameter
-from server.api.schemas.request import Message
+from server.api.schemas.request import ChatCompletionRequest, Message
 from server.chat.templating import ChatTemplater
+from server.parsers.events import ToolSpec
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
 
 messages_adapter = TypeAdapter(list[Message])
 
@@ -117,3 +122,41 @@ def test_image_parts_are_refused_naming_the_part(tokenizer) -> None:
             ],
         )
     assert info.value.param == "messages[0].content[1]"
+
+
+@pytest.mark.parametrize(
+    ("template", "tools_from"),
+    [
+        ("phi4_mini.jinja", "system message"),
+        ("qwen2_5.jinja", "variable"),
+        ("mistral.jinja", "variable"),
+    ],
+)
+def test_where_a_template_reads_tools_is_found_by_rendering(
+    tokenizer: PreTrainedTokenizerBase, template: str, tools_from: str
+) -> None:
+    templater = ChatTemplater(tokenizer, (FIXTURES / template).read_text())
+    assert templater.tools_from == tools_from
+    messages = ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "Weather?"}]}
+    ).messages
+    tool = ToolSpec(
+        "get_weather", {"type": "object", "properties": {"city": {"type": "string"}}}, "Weather now"
+    )
+    text = templater.render(messages, (tool,)).text
+    assert "get_weather" in text and "Weather now" in text
+
+
+def test_a_template_that_mentions_tools_but_drops_them_gets_our_tool_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    template = (
+        "{# tools are for another day #}{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    )
+    templater = ChatTemplater(tokenizer, template)
+    assert templater.tools_from == "prompt"
+    messages = ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "Weather?"}]}
+    ).messages
+    text = templater.render(messages, (ToolSpec("get_weather", {"type": "object"}, None),)).text
+    assert "<tools>" in text and "get_weather" in text
