@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ from server.chat.call_ids import ANY, CANDIDATES, CallIdFormat
 from server.chat.tools import builtin_tool_prompt, template_tools
 from server.engine.slots import common_prefix
 from server.parsers.events import ToolSpec
+from server.parsers.hermes import HermesParser
 
 # Used for models that ship no chat template (base models): plain ChatML.
 CHATML_TEMPLATE = (
@@ -64,6 +66,9 @@ class ChatTemplater:
         self.knows_developer = "developer" in self.template
         self.knows_tool_calls = "tool_calls" in self.template
         self.reads_verbosity = "verbosity" in self.template
+        # How earlier calls are written into a turn when the template cannot render `tool_calls`:
+        # the model's own tool-call format (the registry sets its parser's), Hermes by default.
+        self.write_calls: Callable[[list[tuple[str, Any]]], str] = HermesParser.write_calls
         self.call_ids = ANY
         self.tools_from: ToolsFrom = "prompt"
         self.tools_from = self._where_tools_are_read()
@@ -204,7 +209,7 @@ class ChatTemplater:
         if self.knows_tool_calls:
             turn["tool_calls"] = [_template_call(call_id, fn) for call_id, fn in calls]
         else:
-            rendered = "\n".join(_hermes_call(fn) for _, fn in calls)
+            rendered = self.write_calls([(fn.name, _parsed_arguments(fn.arguments)) for _, fn in calls])
             turn["content"] = f"{content}\n{rendered}" if content else rendered
         return turn
 
@@ -299,8 +304,3 @@ def _template_call(call_id: str | None, fn: FunctionCall) -> dict[str, Any]:
     if call_id is not None:
         call["id"] = call_id
     return call
-
-
-def _hermes_call(fn: FunctionCall) -> str:
-    payload = json.dumps({"name": fn.name, "arguments": _parsed_arguments(fn.arguments)}, ensure_ascii=False)
-    return f"<tool_call>\n{payload}\n</tool_call>"

@@ -117,6 +117,7 @@ class ModelRegistry:
         )
         templater = ChatTemplater(tokenizer, template)
         tool_parser = parser_for_template(templater.template, spec.tool_parser)
+        templater.write_calls = tool_parser.write_calls
         logger.info("model %s: tool calls in the %s format", spec.id, tool_parser.name)
         return ServedModel(
             spec=spec,

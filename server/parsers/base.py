@@ -45,6 +45,17 @@ class ToolCallParser(ABC):
         """The Lark grammar (llguidance dialect) that only lets the model write valid calls."""
 
     @classmethod
+    def write_calls(cls, calls: list[tuple[str, Any]]) -> str:
+        """Calls (name, arguments object) as the model writes them: for a history turn whose
+        template cannot render `tool_calls`. Hermes style unless the format says otherwise."""
+        return "\n".join(
+            "<tool_call>\n"
+            + json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+            + "\n</tool_call>"
+            for name, arguments in calls
+        )
+
+    @classmethod
     def parse(cls, text: str) -> list[ParseEvent]:
         parser = cls()
         return merge(parser.feed(text) + parser.finish())

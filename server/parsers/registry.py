@@ -7,14 +7,22 @@ import logging
 from server.parsers.base import ToolCallParser
 from server.parsers.hermes import HermesParser
 from server.parsers.llama3_json import Llama3JsonParser
-from server.parsers.mistral import MistralParser
+from server.parsers.mistral import GraniteParser, MistralParser, Phi4MiniParser
 from server.parsers.pythonic import PythonicParser
 
 logger = logging.getLogger(__name__)
 
 # Detection order matters: a pythonic Llama template also mentions `<|python_tag|>`.
 PARSERS: dict[str, type[ToolCallParser]] = {
-    parser.name: parser for parser in (MistralParser, PythonicParser, HermesParser, Llama3JsonParser)
+    parser.name: parser
+    for parser in (
+        MistralParser,
+        PythonicParser,
+        Phi4MiniParser,
+        GraniteParser,
+        HermesParser,
+        Llama3JsonParser,
+    )
 }
 
 

@@ -45,6 +45,8 @@ FAMILIES = {
     "llama3_json.jinja": ("llama3_json", "Environment: ipython"),
     "llama3_pythonic.jinja": ("pythonic", "[func_name1("),
     "mistral.jinja": ("mistral", "[AVAILABLE_TOOLS]"),
+    "granite3.jinja": ("granite", "<|start_of_role|>available_tools"),
+    "phi4_mini.jinja": ("phi4_mini", "<|tool|>"),
 }
 
 

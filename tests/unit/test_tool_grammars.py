@@ -16,7 +16,7 @@ from server.parsers.base import ToolCallParser
 from server.parsers.events import CallGrammar, ToolSpec
 from server.parsers.hermes import HermesParser
 from server.parsers.llama3_json import Llama3JsonParser
-from server.parsers.mistral import MistralParser
+from server.parsers.mistral import GraniteParser, MistralParser, Phi4MiniParser
 from server.parsers.pythonic import PythonicParser
 
 WEATHER = ToolSpec(
@@ -52,6 +52,18 @@ CALLS: dict[type[ToolCallParser], tuple[str, str, str, str]] = {
         '[TOOL_CALLS][{"name": "nope", "arguments": {}}]',
         '[TOOL_CALLS][{"name": "get_weather", "arguments": {"unit": "k"}}]',
     ),
+    GraniteParser: (
+        '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}]',
+        '<|tool_call|>[{"name": "get_time", "arguments": {"zone": "CET"}}]',
+        '<|tool_call|>[{"name": "nope", "arguments": {}}]',
+        '<|tool_call|>[{"name": "get_weather", "arguments": {"unit": "k"}}]',
+    ),
+    Phi4MiniParser: (
+        '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}]<|/tool_call|>',
+        '<|tool_call|>[{"name": "get_time", "arguments": {"zone": "CET"}}]<|/tool_call|>',
+        '<|tool_call|>[{"name": "nope", "arguments": {}}]<|/tool_call|>',
+        '<|tool_call|>[{"name": "get_weather", "arguments": {"unit": "k"}}]<|/tool_call|>',
+    ),
     PythonicParser: (
         '[get_weather(city="Paris", unit="c")]',
         '[get_time(zone="CET")]',
@@ -63,6 +75,8 @@ TWO_CALLS = {
     HermesParser: lambda a, b: f"{a}\n{b}",
     Llama3JsonParser: lambda a, b: f"{a}; {b}",
     MistralParser: lambda a, b: a[:-1] + ", " + b[len("[TOOL_CALLS][") :],
+    GraniteParser: lambda a, b: a[:-1] + ", " + b[len("<|tool_call|>[") :],
+    Phi4MiniParser: lambda a, b: a[: -len("]<|/tool_call|>")] + ", " + b[len("<|tool_call|>[") :],
     PythonicParser: lambda a, b: a[:-1] + ", " + b[1:],
 }
 

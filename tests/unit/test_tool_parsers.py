@@ -10,7 +10,7 @@ from server.parsers.base import ToolCallParser, merge
 from server.parsers.events import ParseEvent, ToolCallArguments, ToolCallStart
 from server.parsers.hermes import HermesParser
 from server.parsers.llama3_json import Llama3JsonParser
-from server.parsers.mistral import MistralParser
+from server.parsers.mistral import GraniteParser, MistralParser, Phi4MiniParser
 from server.parsers.pythonic import PythonicParser
 from server.parsers.registry import parser_for_template
 
@@ -42,6 +42,19 @@ def by_character(parser: type[ToolCallParser], output: str) -> list[ParseEvent]:
 
 CASES: list[tuple[type[ToolCallParser], str, str, list[tuple[str, dict]]]] = [
     # parser, model output, expected content, expected calls
+    (
+        GraniteParser,
+        f'<|tool_call|>[{{"name": "get_weather", "arguments": {W}}}, {{"name": "a", "arguments": {{}}}}]',
+        "",
+        [("get_weather", WEATHER), ("a", {})],
+    ),
+    (
+        Phi4MiniParser,
+        f'Checking.<|tool_call|>[{{"name": "get_weather", "arguments": {W}}}]<|/tool_call|>',
+        "Checking.",
+        [("get_weather", WEATHER)],
+    ),
+    (Phi4MiniParser, "No call: <|tool is not one.", "No call: <|tool is not one.", []),
     (
         HermesParser,
         f'<tool_call>\n{{"name": "get_weather", "arguments": {W}}}\n</tool_call>',
