@@ -97,7 +97,9 @@ class ModelSpec(_Strict):
     chat_template: str | None = None  # a Jinja template, or a path to a file holding one
     trust_remote_code: bool = False
     # The tool-call format; None picks it from the chat template's markers (Hermes when it has none).
-    tool_parser: Literal["hermes", "llama3_json", "mistral", "pythonic", "granite", "phi4_mini"] | None = None
+    tool_parser: (
+        Literal["hermes", "llama3_json", "mistral", "mistral_args", "pythonic", "granite", "phi4_mini"] | None
+    ) = None
     defaults: SamplingDefaults = SamplingDefaults()
     engine: EngineSettings = EngineSettings()
 

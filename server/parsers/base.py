@@ -161,6 +161,7 @@ class JsonEnvelopeParser(ToolCallParser):
     call_close: ClassVar[regex.Pattern[str]]
     next_call: ClassVar[regex.Pattern[str] | None] = None
     list_close: ClassVar[regex.Pattern[str] | None] = None
+    name_is_json: ClassVar[bool] = True  # the header's name group is a JSON string (else bare)
 
     def __init__(self) -> None:
         super().__init__()
@@ -261,7 +262,7 @@ class JsonEnvelopeParser(ToolCallParser):
         if found is None:
             return self._fail(out)
         try:
-            name = json.loads(found.group("name"))
+            name = json.loads(found.group("name")) if self.name_is_json else found.group("name")
         except json.JSONDecodeError:
             return self._fail(out)
         out.append(self._start_call(name))

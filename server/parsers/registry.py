@@ -8,14 +8,17 @@ from server.parsers.base import ToolCallParser
 from server.parsers.hermes import HermesParser
 from server.parsers.llama3_json import Llama3JsonParser
 from server.parsers.mistral import GraniteParser, MistralParser, Phi4MiniParser
+from server.parsers.mistral_args import MistralArgsParser
 from server.parsers.pythonic import PythonicParser
 
 logger = logging.getLogger(__name__)
 
-# Detection order matters: a pythonic Llama template also mentions `<|python_tag|>`.
+# Detection order matters: a pythonic Llama template also mentions `<|python_tag|>`; a v11 Mistral
+# template (`[ARGS]`) also has `[TOOL_CALLS]`.
 PARSERS: dict[str, type[ToolCallParser]] = {
     parser.name: parser
     for parser in (
+        MistralArgsParser,
         MistralParser,
         PythonicParser,
         Phi4MiniParser,

@@ -47,6 +47,7 @@ FAMILIES = {
     "mistral.jinja": ("mistral", "[AVAILABLE_TOOLS]"),
     "granite3.jinja": ("granite", "<|start_of_role|>available_tools"),
     "phi4_mini.jinja": ("phi4_mini", "<|tool|>"),
+    "mistral_args.jinja": ("mistral_args", "[AVAILABLE_TOOLS]"),
 }
 
 

@@ -17,6 +17,7 @@ from server.parsers.events import CallGrammar, ToolSpec
 from server.parsers.hermes import HermesParser
 from server.parsers.llama3_json import Llama3JsonParser
 from server.parsers.mistral import GraniteParser, MistralParser, Phi4MiniParser
+from server.parsers.mistral_args import MistralArgsParser
 from server.parsers.pythonic import PythonicParser
 
 WEATHER = ToolSpec(
@@ -52,6 +53,12 @@ CALLS: dict[type[ToolCallParser], tuple[str, str, str, str]] = {
         '[TOOL_CALLS][{"name": "nope", "arguments": {}}]',
         '[TOOL_CALLS][{"name": "get_weather", "arguments": {"unit": "k"}}]',
     ),
+    MistralArgsParser: (
+        '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris", "unit": "c"}',
+        '[TOOL_CALLS]get_time[ARGS]{"zone": "CET"}',
+        "[TOOL_CALLS]nope[ARGS]{}",
+        '[TOOL_CALLS]get_weather[ARGS]{"unit": "k"}',
+    ),
     GraniteParser: (
         '<|tool_call|>[{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}]',
         '<|tool_call|>[{"name": "get_time", "arguments": {"zone": "CET"}}]',
@@ -76,6 +83,7 @@ TWO_CALLS = {
     Llama3JsonParser: lambda a, b: f"{a}; {b}",
     MistralParser: lambda a, b: a[:-1] + ", " + b[len("[TOOL_CALLS][") :],
     GraniteParser: lambda a, b: a[:-1] + ", " + b[len("<|tool_call|>[") :],
+    MistralArgsParser: lambda a, b: a + b,
     Phi4MiniParser: lambda a, b: a[: -len("]<|/tool_call|>")] + ", " + b[len("<|tool_call|>[") :],
     PythonicParser: lambda a, b: a[:-1] + ", " + b[1:],
 }

@@ -11,6 +11,7 @@ from server.parsers.events import ParseEvent, ToolCallArguments, ToolCallStart
 from server.parsers.hermes import HermesParser
 from server.parsers.llama3_json import Llama3JsonParser
 from server.parsers.mistral import GraniteParser, MistralParser, Phi4MiniParser
+from server.parsers.mistral_args import MistralArgsParser
 from server.parsers.pythonic import PythonicParser
 from server.parsers.registry import parser_for_template
 
@@ -42,6 +43,12 @@ def by_character(parser: type[ToolCallParser], output: str) -> list[ParseEvent]:
 
 CASES: list[tuple[type[ToolCallParser], str, str, list[tuple[str, dict]]]] = [
     # parser, model output, expected content, expected calls
+    (
+        MistralArgsParser,
+        f"Sure.[TOOL_CALLS]get_weather[ARGS]{W}[TOOL_CALLS]a[ARGS]{{}}",
+        "Sure.",
+        [("get_weather", WEATHER), ("a", {})],
+    ),
     (
         GraniteParser,
         f'<|tool_call|>[{{"name": "get_weather", "arguments": {W}}}, {{"name": "a", "arguments": {{}}}}]',
