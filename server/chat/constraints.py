@@ -31,10 +31,14 @@ class Constraint:
 
 
 def build_constraint(
-    request: ChatCompletionRequest, compiler: GrammarCompiler, parser: type[ToolCallParser]
+    request: ChatCompletionRequest,
+    compiler: GrammarCompiler,
+    parser: type[ToolCallParser],
+    parallel_calls: bool = True,
 ) -> Constraint:
+    """`parallel_calls`: whether the model's template takes several calls in a turn back."""
     schema, schema_grammar_text = _response_format(request, compiler)
-    plan = plan_tools(request)
+    plan = plan_tools(request, parallel_calls)
     if plan is None:
         return Constraint(schema_grammar_text, None, None)
     param, where = ("functions", "parameters") if plan.legacy_functions else ("tools", "function.parameters")

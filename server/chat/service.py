@@ -189,7 +189,9 @@ def _prepare(
 ) -> tuple[Constraint, list[GrammarMask | None], Prompt]:
     """The request's grammar, compiled (a 400 if it cannot be enforced), one mask per choice, and
     the prompt (rendered and tokenized, with the tools)."""
-    constraint = build_constraint(request, served.grammars, served.tool_parser)
+    constraint = build_constraint(
+        request, served.grammars, served.tool_parser, served.templater.parallel_calls
+    )
     masks: list[GrammarMask | None] = [None] * n
     if constraint.grammar is not None:
         masks = [served.grammars.mask(constraint.grammar) for _ in range(n)]

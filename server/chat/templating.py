@@ -73,6 +73,7 @@ class ChatTemplater:
         self.tools_from: ToolsFrom = "prompt"
         self.tools_from = self._where_tools_are_read()
         self.call_ids = self._accepted_call_ids()
+        self.parallel_calls = self._takes_parallel_calls()
 
     def _where_tools_are_read(self) -> ToolsFrom:
         """Where this template reads the tools from, found by rendering a probe tool: the `tools`
@@ -92,6 +93,24 @@ class ChatTemplater:
                 except Exception:  # a template may fail on a probe in any way; that place is out
                     continue
         return "prompt"
+
+    def _takes_parallel_calls(self) -> bool:
+        """Whether a turn of two tool calls renders (Llama 3.1's template raises on more than one):
+        a model whose template cannot take its own parallel calls back must not make them."""
+        if not self.knows_tool_calls:
+            return True  # our own rendering of calls takes any number
+        ids = [self.call_ids.new(), self.call_ids.new()]
+        calls = [ToolCall(id=i, function=FunctionCall(name="probe", arguments="{}")) for i in ids]
+        probe: list[Message] = [
+            UserMessage(role="user", content="probe"),
+            AssistantMessage(role="assistant", tool_calls=calls),  # type: ignore[arg-type]
+            *(ToolMessage(role="tool", content="probe", tool_call_id=i) for i in ids),
+        ]
+        try:
+            self._text(probe, (), None)
+        except Exception:  # a template may fail on a probe in any way
+            return False
+        return True
 
     def _accepted_call_ids(self) -> CallIdFormat:
         """The id format the template takes back: a tool-call turn rendered with each candidate

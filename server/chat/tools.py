@@ -31,8 +31,10 @@ class ToolPlan:
         return CallGrammar(self.callable, self.required, self.parallel, text_grammar)
 
 
-def plan_tools(request: ChatCompletionRequest) -> ToolPlan | None:
-    """None when no call can be produced (no tools, or tool_choice/function_call "none")."""
+def plan_tools(request: ChatCompletionRequest, parallel_calls: bool = True) -> ToolPlan | None:
+    """None when no call can be produced (no tools, or tool_choice/function_call "none").
+    `parallel_calls` False: the model's template takes one call per turn, so that is the default
+    and `parallel_tool_calls: true` is refused."""
     if request.parallel_tool_calls is not None and not request.tools:
         raise InvalidRequest(
             "'parallel_tool_calls' is only allowed when 'tools' are given.", param="parallel_tool_calls"
@@ -52,7 +54,12 @@ def plan_tools(request: ChatCompletionRequest) -> ToolPlan | None:
         specs = tuple(_spec(tool.function) for tool in _function_tools(request.tools))
         _check_unique(specs, "tools")
         choice = request.tool_choice or "auto"
-        parallel = request.parallel_tool_calls is not False
+        if request.parallel_tool_calls and not parallel_calls:
+            raise UnsupportedParameter(
+                "parallel_tool_calls",
+                "cannot be true for this model: its chat template takes one tool call per turn",
+            )
+        parallel = request.parallel_tool_calls is not False and parallel_calls
         return _plan(specs, choice, parallel, legacy=False, param="tool_choice")
     if request.functions:
         specs = tuple(_spec(fn) for fn in request.functions)

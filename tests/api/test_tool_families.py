@@ -206,3 +206,22 @@ async def test_a_call_opened_by_a_control_token_is_parsed(
         arguments = call.function.arguments
     assert "[TOOL_CALLS]" not in content
     jsonschema.validate(json.loads(arguments), PARAMETERS)
+
+
+async def test_parallel_calls_only_where_the_template_takes_them_back(family: tuple) -> None:
+    """Llama 3.1's template refuses a turn of several calls: the model makes one at a time, and
+    asking for parallel calls is a 400 naming the field. The other families take several."""
+    name, served, client = family
+    single = name == "llama3_json.jinja"
+    assert served.templater.parallel_calls is not single
+    ask = {"model": "tiny", "messages": ASK, "tools": TOOLS, "tool_choice": "required", "max_tokens": 120}
+    if single:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.chat.completions.create(**ask, parallel_tool_calls=True)
+        assert refused.value.code == "unsupported_parameter" and refused.value.param == "parallel_tool_calls"
+        for seed in range(3):  # unset: one call, whatever the random weights would like
+            r = await client.chat.completions.create(**ask, seed=seed, temperature=1.0)
+            assert len(r.choices[0].message.tool_calls or []) == 1
+    else:
+        r = await client.chat.completions.create(**ask, parallel_tool_calls=True)
+        assert r.choices[0].message.tool_calls
