@@ -98,7 +98,10 @@ class ModelSpec(_Strict):
     trust_remote_code: bool = False
     # The tool-call format; None picks it from the chat template's markers (Hermes when it has none).
     tool_parser: (
-        Literal["hermes", "llama3_json", "mistral", "mistral_args", "pythonic", "granite", "phi4_mini"] | None
+        Literal[
+            "hermes", "llama3_json", "mistral", "mistral_args", "pythonic", "granite", "phi4_mini", "deepseek"
+        ]
+        | None
     ) = None
     defaults: SamplingDefaults = SamplingDefaults()
     engine: EngineSettings = EngineSettings()

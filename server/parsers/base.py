@@ -95,6 +95,19 @@ def calls_json(spec: CallGrammar, arguments_key: str) -> str:
     return lark_json(schemas[0] if len(schemas) == 1 else {"anyOf": schemas})
 
 
+def start_rule(spec: CallGrammar, open_is_special: bool, open_: str, after_open: str) -> str:
+    """The grammar's start: only calls (`required`), a JSON answer or calls (a response_format), or
+    free text that may end in calls. With a text marker, text runs lazily up to the marker and the
+    calls are enforced after it (`after_open`: the calls without their opening marker)."""
+    if spec.required:
+        return "start: calls"
+    if spec.text_grammar is not None:
+        return f"start: text | calls\ntext: {spec.text_grammar}"
+    if open_is_special:
+        return "start: TEXT | TEXT calls"
+    return f"start: TEXT | head {after_open}\nhead[lazy]: TEXT {open_}"
+
+
 def marker(text: str, special: SpecialTokenLookup) -> str:
     """Lark for a marker: the special token where the vocabulary has one, else the literal text."""
     token_id = special(text)

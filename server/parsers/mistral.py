@@ -12,7 +12,14 @@ from typing import Any, ClassVar
 
 import regex
 
-from server.parsers.base import JSON_STRING, JsonEnvelopeParser, SpecialTokenLookup, calls_json, marker
+from server.parsers.base import (
+    JSON_STRING,
+    JsonEnvelopeParser,
+    SpecialTokenLookup,
+    calls_json,
+    marker,
+    start_rule,
+)
 from server.parsers.events import CallGrammar
 
 OPEN = "[TOOL_CALLS]"
@@ -47,20 +54,14 @@ class JsonListParser(JsonEnvelopeParser):
         open_ = marker(cls.open_marker, special)
         close = f" {marker(cls.close_marker, special)}" if cls.close_marker else ""
         calls = 'call (", " call)*' if spec.parallel else "call"
-        rules = [
-            f'calls: {open_} "[" {calls} "]"{close}',
-            f"call: {calls_json(spec, 'arguments')}",
-            r"TEXT: /(.|\n)*/",
-        ]
-        if spec.required:
-            rules.insert(0, "start: calls")
-        elif spec.text_grammar is not None:
-            rules.insert(0, f"start: text | calls\ntext: {spec.text_grammar}")
-        elif special(cls.open_marker) is not None:
-            rules.insert(0, "start: TEXT | TEXT calls")
-        else:
-            rules.insert(0, f'start: TEXT | head "[" {calls} "]"{close}\nhead[lazy]: TEXT {open_}')
-        return "\n".join(rules)
+        return "\n".join(
+            [
+                start_rule(spec, special(cls.open_marker) is not None, open_, f'"[" {calls} "]"{close}'),
+                f'calls: {open_} "[" {calls} "]"{close}',
+                f"call: {calls_json(spec, 'arguments')}",
+                r"TEXT: /(.|\n)*/",
+            ]
+        )
 
 
 class MistralParser(JsonListParser):

@@ -8,7 +8,7 @@ import json
 import regex
 
 from server.constrained.json_schema import lark_json
-from server.parsers.base import JsonEnvelopeParser, SpecialTokenLookup, marker
+from server.parsers.base import JsonEnvelopeParser, SpecialTokenLookup, marker, start_rule
 from server.parsers.events import CallGrammar
 
 OPEN, ARGS = "[TOOL_CALLS]", "[ARGS]"
@@ -39,14 +39,7 @@ class MistralArgsParser(JsonEnvelopeParser):
             for i, tool in enumerate(spec.tools)
         ]
         calls = "call+" if spec.parallel else "call"
+        after_open = f"({alternatives})" + (" call*" if spec.parallel else "")
         rules.insert(0, f"calls: {calls}")
-        if spec.required:
-            rules.insert(0, "start: calls")
-        elif spec.text_grammar is not None:
-            rules.insert(0, f"start: text | calls\ntext: {spec.text_grammar}")
-        elif special(OPEN) is not None:
-            rules.insert(0, "start: TEXT | TEXT calls")
-        else:
-            rest = f"({alternatives})" + (" call*" if spec.parallel else "")
-            rules.insert(0, f"start: TEXT | head {rest}\nhead[lazy]: TEXT {open_}")
+        rules.insert(0, start_rule(spec, special(OPEN) is not None, open_, after_open))
         return "\n".join(rules)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from server.parsers.base import ToolCallParser
+from server.parsers.deepseek import DeepSeekParser
 from server.parsers.hermes import HermesParser
 from server.parsers.llama3_json import Llama3JsonParser
 from server.parsers.mistral import GraniteParser, MistralParser, Phi4MiniParser
@@ -18,6 +19,7 @@ logger = logging.getLogger(__name__)
 PARSERS: dict[str, type[ToolCallParser]] = {
     parser.name: parser
     for parser in (
+        DeepSeekParser,
         MistralArgsParser,
         MistralParser,
         PythonicParser,

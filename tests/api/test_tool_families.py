@@ -48,18 +48,53 @@ FAMILIES = {
     "granite3.jinja": ("granite", "<|start_of_role|>available_tools"),
     "phi4_mini.jinja": ("phi4_mini", "<|tool|>"),
     "mistral_args.jinja": ("mistral_args", "[AVAILABLE_TOOLS]"),
+    "deepseek_r1.jinja": ("deepseek", "## Tools"),
 }
+# The markers each family's real tokenizer holds as special (control) tokens; the others are text.
+CONTROL_TOKENS = {
+    "llama3_json.jinja": ["<|python_tag|>"],
+    "mistral_args.jinja": ["[TOOL_CALLS]", "[ARGS]"],
+    "granite3.jinja": ["<|tool_call|>"],
+    "phi4_mini.jinja": ["<|tool_call|>", "<|/tool_call|>"],
+    "deepseek_r1.jinja": [
+        "<｜tool▁calls▁begin｜>",
+        "<｜tool▁calls▁end｜>",
+        "<｜tool▁call▁begin｜>",
+        "<｜tool▁sep｜>",
+        "<｜tool▁call▁end｜>",
+    ],
+}
+
+
+def model_with_control_tokens(tokenizer: PreTrainedTokenizerBase, tokens: list[str], folder: Path) -> Path:
+    """A tiny random-weight Llama whose vocabulary holds `tokens` as special tokens."""
+    extended = copy.deepcopy(tokenizer)
+    extended.add_special_tokens({"additional_special_tokens": tokens})
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        **TINY_SIZES, vocab_size=len(extended), max_position_embeddings=512, tie_word_embeddings=False
+    )
+    LlamaForCausalLM(config).save_pretrained(folder / "model")
+    extended.save_pretrained(folder / "model")
+    return folder / "model"
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 async def family(
-    request: pytest.FixtureRequest, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tiny_model_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[tuple[str, object, openai.AsyncOpenAI]]:
     template = TEMPLATES / request.param
-    path = tiny_config_yaml(
-        tiny_model_dir, tmp_path_factory.mktemp("cfg"), f"    chat_template: {template}\n"
-    )
+    folder = tmp_path_factory.mktemp("cfg")
+    model = tiny_model_dir
+    if request.param in CONTROL_TOKENS:
+        model = model_with_control_tokens(tokenizer, CONTROL_TOKENS[request.param], folder)
+    path = tiny_config_yaml(model, folder, f"    chat_template: {template}\n")
     async with running_app(path) as app:
+        for token in CONTROL_TOKENS.get(request.param, []):
+            assert app.state.registry.get("tiny").grammars.special_token(token) is not None
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=120) as http:
             client = openai.AsyncOpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http)
@@ -168,16 +203,8 @@ async def mistral_control_tokens(
     """A Mistral-style vocabulary: `[TOOL_CALLS]` is one special (control) token, as in the v3
     tokenizers, which decoding with special tokens skipped used to drop before the parser saw it."""
     folder = tmp_path_factory.mktemp("mistral-control")
-    extended = copy.deepcopy(tokenizer)
-    extended.add_special_tokens({"additional_special_tokens": ["[TOOL_CALLS]"]})
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        **TINY_SIZES, vocab_size=len(extended), max_position_embeddings=512, tie_word_embeddings=False
-    )
-    LlamaForCausalLM(config).save_pretrained(folder / "model")
-    extended.save_pretrained(folder / "model")
-    template = TEMPLATES / "mistral.jinja"
-    path = tiny_config_yaml(folder / "model", folder, f"    chat_template: {template}\n")
+    model = model_with_control_tokens(tokenizer, ["[TOOL_CALLS]"], folder)
+    path = tiny_config_yaml(model, folder, f"    chat_template: {TEMPLATES / 'mistral.jinja'}\n")
     async with running_app(path) as app:
         assert app.state.registry.get("tiny").grammars.special_token("[TOOL_CALLS]") is not None
         transport = httpx.ASGITransport(app=app)

@@ -13,6 +13,7 @@ from server.constrained.json_schema import lark_json, schema_grammar
 from server.constrained.mask import GrammarFailure, one_line
 from server.models.token_table import TokenTable
 from server.parsers.base import ToolCallParser
+from server.parsers.deepseek import DeepSeekParser
 from server.parsers.events import CallGrammar, ToolSpec
 from server.parsers.hermes import HermesParser
 from server.parsers.llama3_json import Llama3JsonParser
@@ -34,6 +35,11 @@ TIME = ToolSpec(
 )
 
 # One call in each format: (good call, call of an undeclared function, call with invalid arguments).
+# One DeepSeek call in its calls block: `{}` is the name, the fence and the arguments.
+DS = (
+    "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>{}<｜tool▁call▁end｜>"
+    "<｜tool▁calls▁end｜>"
+)
 CALLS: dict[type[ToolCallParser], tuple[str, str, str, str]] = {
     HermesParser: (
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n</tool_call>',
@@ -52,6 +58,12 @@ CALLS: dict[type[ToolCallParser], tuple[str, str, str, str]] = {
         '[TOOL_CALLS][{"name": "get_time", "arguments": {"zone": "CET"}}]',
         '[TOOL_CALLS][{"name": "nope", "arguments": {}}]',
         '[TOOL_CALLS][{"name": "get_weather", "arguments": {"unit": "k"}}]',
+    ),
+    DeepSeekParser: (
+        DS.format('get_weather\n```json\n{"city": "Paris", "unit": "c"}\n```'),
+        DS.format('get_time\n```json\n{"zone": "CET"}\n```'),
+        DS.format("nope\n```json\n{}\n```"),
+        DS.format('get_weather\n```json\n{"unit": "k"}\n```'),
     ),
     MistralArgsParser: (
         '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris", "unit": "c"}',
@@ -84,6 +96,7 @@ TWO_CALLS = {
     MistralParser: lambda a, b: a[:-1] + ", " + b[len("[TOOL_CALLS][") :],
     GraniteParser: lambda a, b: a[:-1] + ", " + b[len("<|tool_call|>[") :],
     MistralArgsParser: lambda a, b: a + b,
+    DeepSeekParser: lambda a, b: a[: -len("<｜tool▁calls▁end｜>")] + b[len("<｜tool▁calls▁begin｜>") :],
     Phi4MiniParser: lambda a, b: a[: -len("]<|/tool_call|>")] + ", " + b[len("<|tool_call|>[") :],
     PythonicParser: lambda a, b: a[:-1] + ", " + b[1:],
 }

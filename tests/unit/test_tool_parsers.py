@@ -7,6 +7,7 @@ import json
 import pytest
 
 from server.parsers.base import ToolCallParser, merge
+from server.parsers.deepseek import DeepSeekParser
 from server.parsers.events import ParseEvent, ToolCallArguments, ToolCallStart
 from server.parsers.hermes import HermesParser
 from server.parsers.llama3_json import Llama3JsonParser
@@ -43,6 +44,15 @@ def by_character(parser: type[ToolCallParser], output: str) -> list[ParseEvent]:
 
 CASES: list[tuple[type[ToolCallParser], str, str, list[tuple[str, dict]]]] = [
     # parser, model output, expected content, expected calls
+    (
+        DeepSeekParser,
+        "Let me check.<｜tool▁calls▁begin｜>"
+        f"<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{W}\n```<｜tool▁call▁end｜>"
+        "<｜tool▁call▁begin｜>function<｜tool▁sep｜>a\n```json\n{}\n```<｜tool▁call▁end｜>"
+        "<｜tool▁calls▁end｜>",
+        "Let me check.",
+        [("get_weather", WEATHER), ("a", {})],
+    ),
     (
         MistralArgsParser,
         f"Sure.[TOOL_CALLS]get_weather[ARGS]{W}[TOOL_CALLS]a[ARGS]{{}}",
