@@ -142,12 +142,10 @@ class ChatService:
             created=int(time.time()),
             model=served.spec.id,
             system_fingerprint=served.fingerprint,
-            service_tier=_SERVICE_TIERS.get(
-                request.service_tier or "auto", request.service_tier or "default"
-            ),
+            service_tier=_SERVICE_TIERS.get(tier := request.service_tier or "auto", tier),
             include_usage=bool(request.stream_options and request.stream_options.include_usage),
         )
-        keep = _parser_tokens(constraint, served)
+        keep = served.tool_tokens if constraint.parser is not None else frozenset()
         assemblers = [
             ChoiceAssembler(
                 IncrementalDecoder(served.tokenizer, keep),
@@ -198,14 +196,6 @@ def _prepare(
     tools = constraint.tools.tools if constraint.tools else ()
     prompt = served.templater.render(request.messages, tools, request.verbosity)
     return constraint, masks, prompt
-
-
-def _parser_tokens(constraint: Constraint, served: ServedModel) -> frozenset[int]:
-    """The special tokens the request's tool parser reads (decoded as text for it)."""
-    if constraint.parser is None:
-        return frozenset()
-    ids = (served.grammars.special_token(marker) for marker in constraint.parser.syntax_markers)
-    return frozenset(token_id for token_id in ids if token_id is not None)
 
 
 def _shaper(constraint: Constraint, served: ServedModel) -> ChoiceDeltas:

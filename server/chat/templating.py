@@ -97,9 +97,19 @@ class ChatTemplater:
     def _takes_parallel_calls(self) -> bool:
         """Whether a turn of two tool calls renders (Llama 3.1's template raises on more than one):
         a model whose template cannot take its own parallel calls back must not make them."""
+        return not self.knows_tool_calls or self._renders_calls(2, self.call_ids)
+
+    def _accepted_call_ids(self) -> CallIdFormat:
+        """The id format the template takes back (Mistral's templates raise on any id that is not
+        9 alphanumeric characters): the first candidate a tool-call turn renders with."""
         if not self.knows_tool_calls:
-            return True  # our own rendering of calls takes any number
-        ids = [self.call_ids.new(), self.call_ids.new()]
+            return ANY
+        return next((c for c in CANDIDATES if self._renders_calls(1, c)), ANY)
+
+    def _renders_calls(self, count: int, call_ids: CallIdFormat) -> bool:
+        """Whether a probe turn of `count` tool calls with ids of `call_ids`, and their results,
+        renders through the template."""
+        ids = [call_ids.new() for _ in range(count)]
         calls = [ToolCall(id=i, function=FunctionCall(name="probe", arguments="{}")) for i in ids]
         probe: list[Message] = [
             UserMessage(role="user", content="probe"),
@@ -111,28 +121,6 @@ class ChatTemplater:
         except Exception:  # a template may fail on a probe in any way
             return False
         return True
-
-    def _accepted_call_ids(self) -> CallIdFormat:
-        """The id format the template takes back: a tool-call turn rendered with each candidate
-        (Mistral's templates raise on any id that is not 9 alphanumeric characters)."""
-        if not self.knows_tool_calls:
-            return ANY
-        for candidate in CANDIDATES:
-            call_id = candidate.new()
-            probe: list[Message] = [
-                UserMessage(role="user", content="probe"),
-                AssistantMessage(
-                    role="assistant",
-                    tool_calls=[ToolCall(id=call_id, function=FunctionCall(name="probe", arguments="{}"))],
-                ),
-                ToolMessage(role="tool", content="probe", tool_call_id=call_id),
-            ]
-            try:
-                self._text(probe, (), None)
-            except Exception:  # a template may fail on a probe in any way; that candidate is out
-                continue
-            return candidate
-        return ANY
 
     def render(
         self, messages: list[Message], tools: tuple[ToolSpec, ...] = (), verbosity: str | None = None

@@ -150,13 +150,8 @@ def slot_attention(
     s_aux: torch.Tensor | None = None,  # gpt-oss: one sink logit per head, in the softmax, no value
     **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
-    unknown = sorted(
-        name for name, given in kwargs.items() if name not in _INERT_KWARGS and given is not None
-    )
-    if unknown:
-        raise UnsupportedAttention(
-            f"its attention takes {', '.join(unknown)}, which this engine does not compute"
-        )
+    if not _INERT_KWARGS.issuperset(kwargs):  # one set operation per layer call on the hot path
+        _refuse_unknown(kwargs)
     layout = kwargs[BATCH_KWARG]
     assert isinstance(layout, StepLayout)
     layer = int(module.layer_idx)  # type: ignore[arg-type]
@@ -211,6 +206,16 @@ def slot_attention(
             )
         out[seg.offset : seg.offset + seg.length] = attended[0].transpose(0, 1)
     return out.unsqueeze(0), None
+
+
+def _refuse_unknown(kwargs: dict[str, object]) -> None:
+    unknown = sorted(
+        name for name, given in kwargs.items() if name not in _INERT_KWARGS and given is not None
+    )
+    if unknown:
+        raise UnsupportedAttention(
+            f"its attention takes {', '.join(unknown)}, which this engine does not compute"
+        )
 
 
 def _explicit_attention(

@@ -42,6 +42,8 @@ class ServedModel:
     engine: AsyncEngine
     grammars: GrammarCompiler
     tool_parser: type[ToolCallParser]
+    # The special tokens the tool parser reads (decoded as their text for it when tools are given).
+    tool_tokens: frozenset[int]
     fingerprint: str
     created: int
 
@@ -119,6 +121,10 @@ class ModelRegistry:
         tool_parser = parser_for_template(templater.template, spec.tool_parser)
         templater.write_calls = tool_parser.write_calls
         logger.info("model %s: tool calls in the %s format", spec.id, tool_parser.name)
+        grammars = GrammarCompiler(
+            tokenizer, vocab_size, limits.stop_token_ids, self._config.server.limits.max_grammar_bytes
+        )
+        marker_ids = (grammars.special_token(marker) for marker in tool_parser.syntax_markers)
         return ServedModel(
             spec=spec,
             tokenizer=tokenizer,
@@ -126,10 +132,9 @@ class ModelRegistry:
             tokens=tokens,
             limits=limits,
             engine=AsyncEngine(engine),
-            grammars=GrammarCompiler(
-                tokenizer, vocab_size, limits.stop_token_ids, self._config.server.limits.max_grammar_bytes
-            ),
+            grammars=grammars,
             tool_parser=tool_parser,
+            tool_tokens=frozenset(token_id for token_id in marker_ids if token_id is not None),
             fingerprint=_fingerprint(spec, loaded),
             created=int(time.time()),
         )

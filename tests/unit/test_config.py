@@ -1,8 +1,10 @@
+import typing
 from pathlib import Path
 
 import pytest
 
-from server.config import ConfigError, load_config
+from server.config import ConfigError, ModelSpec, load_config
+from server.parsers.registry import PARSERS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,3 +68,10 @@ def test_a_queue_shorter_than_the_largest_n_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="max_waiting"):
         load_config(_write(tmp_path, text))
     assert load_config(_write(tmp_path, text + "server:\n  limits: {max_n: 8}\n")).server.limits.max_n == 8
+
+
+def test_every_tool_parser_can_be_named_in_models_yaml() -> None:
+    """models.yaml's `tool_parser` names exactly the registered parsers (config.py does not import
+    the parsers, so the two lists are kept equal here)."""
+    names = typing.get_args(typing.get_args(ModelSpec.model_fields["tool_parser"].annotation)[0])
+    assert set(names) == set(PARSERS)

@@ -131,8 +131,8 @@ def _call_kind(value: Any) -> str:
     return "custom tool call" if kind == "custom" else "function tool call"
 
 
-# Tags that are no key of a call, so an error's path stays `tool_calls[0].id` (pydantic puts the
-# tag in it: with the plain `type` discriminator the tag "function" read as the `function` key).
+# A call without `type` is a function call (as before custom calls existed): a plain `type`
+# discriminator would refuse it for the missing tag.
 AnyToolCall = Annotated[
     Annotated[ToolCall, Tag("function tool call")] | Annotated[CustomToolCall, Tag("custom tool call")],
     Discriminator(_call_kind),
