@@ -99,7 +99,17 @@ class ModelSpec(_Strict):
     # The tool-call format; None picks it from the chat template's markers (Hermes when it has none).
     tool_parser: (
         Literal[
-            "hermes", "llama3_json", "mistral", "mistral_args", "pythonic", "granite", "phi4_mini", "deepseek"
+            "hermes",
+            "llama3_json",
+            "mistral",
+            "mistral_args",
+            "pythonic",
+            "granite",
+            "phi4_mini",
+            "deepseek",
+            "harmony",
+            "qwen3_xml",
+            "gemma",
         ]
         | None
     ) = None

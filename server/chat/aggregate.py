@@ -26,6 +26,7 @@ class _Call:
 @dataclass(slots=True)
 class _ChoiceFold:
     texts: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
     logprobs: list[ChatCompletionTokenLogprob] | None = None
     finish: str | None = None
     calls: dict[int, _Call] = field(default_factory=dict)
@@ -34,6 +35,8 @@ class _ChoiceFold:
     def add(self, delta: ChoiceDelta) -> None:
         if delta.content:
             self.texts.append(delta.content)
+        if getattr(delta, "reasoning", None):
+            self.reasoning.append(delta.reasoning)  # type: ignore[attr-defined]
         for part in delta.tool_calls or []:
             call = self.calls.setdefault(part.index, _Call())
             call.id = part.id or call.id
@@ -55,6 +58,8 @@ class _ChoiceFold:
             refusal=None,
             annotations=[],
         )
+        if self.reasoning:  # under both names, as the deltas carry it
+            message.reasoning = message.reasoning_content = "".join(self.reasoning)  # type: ignore[attr-defined]
         if self.calls:
             message.tool_calls = [
                 ChatCompletionMessageFunctionToolCall(

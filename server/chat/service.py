@@ -171,7 +171,7 @@ class ChatService:
             stream = served.engine.stream(engine_requests, deadline)
         except QueueFull as exc:
             raise RateLimited(f"The server is busy ({exc}); retry shortly.") from exc
-        shapers = [_shaper(constraint, served) for _ in range(n)]
+        shapers = [_shaper(constraint, served, bool(request.stream)) for _ in range(n)]
         observer = RequestObserver(self._metrics, header.model, started, n)
         chunks = _generate(header, stream, assemblers, shapers, len(prompt.token_ids), observer)
         if self._log_content:
@@ -198,11 +198,14 @@ def _prepare(
     return constraint, masks, prompt
 
 
-def _shaper(constraint: Constraint, served: ServedModel) -> ChoiceDeltas:
+def _shaper(constraint: Constraint, served: ServedModel, streamed: bool) -> ChoiceDeltas:
     if constraint.tools is None or constraint.parser is None:
         return ChoiceDeltas()
     return ToolCallDeltas(
-        constraint.parser(), constraint.tools.legacy_functions, served.templater.call_ids.new
+        constraint.parser(constraint.tools.tools),
+        constraint.tools.legacy_functions,
+        served.templater.call_ids.new,
+        streamed,
     )
 
 
@@ -237,7 +240,7 @@ async def _generate(
                 stream.abort(index)
                 finish = "stop"
             shaper = shapers[index]
-            deltas = shaper.feed(delta.text) + (shaper.finish() if finish is not None else [])
+            deltas = shaper.feed(delta.text) + (shaper.finish(finish) if finish is not None else [])
             if not deltas and delta.logprobs:
                 deltas = [ChoiceDelta(content="")]
             for position, choice_delta in enumerate(deltas):

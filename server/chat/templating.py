@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,6 +27,7 @@ from server.api.schemas.request import (
 from server.chat.call_ids import ANY, CANDIDATES, CallIdFormat
 from server.chat.tools import builtin_tool_prompt, template_tools
 from server.engine.slots import common_prefix
+from server.parsers.base import ToolCallParser
 from server.parsers.events import ToolSpec
 from server.parsers.hermes import HermesParser
 
@@ -66,9 +66,10 @@ class ChatTemplater:
         self.knows_developer = "developer" in self.template
         self.knows_tool_calls = "tool_calls" in self.template
         self.reads_verbosity = "verbosity" in self.template
-        # How earlier calls are written into a turn when the template cannot render `tool_calls`:
-        # the model's own tool-call format (the registry sets its parser's), Hermes by default.
-        self.write_calls: Callable[[list[tuple[str, Any]]], str] = HermesParser.write_calls
+        # The model's tool-call format (the registry sets its parser): how calls and results are
+        # written into turns when the template cannot render `tool_calls` or a tool role, and how
+        # our tool prompt asks for calls. Hermes by default.
+        self.tool_format: type[ToolCallParser] = HermesParser
         self.call_ids = ANY
         self.tools_from: ToolsFrom = "prompt"
         self.tools_from = self._where_tools_are_read()
@@ -95,8 +96,9 @@ class ChatTemplater:
         return "prompt"
 
     def _takes_parallel_calls(self) -> bool:
-        """Whether a turn of two tool calls renders (Llama 3.1's template raises on more than one):
-        a model whose template cannot take its own parallel calls back must not make them."""
+        """Whether a turn of two tool calls renders with both (Llama 3.1's template raises on more
+        than one, gpt-oss's renders the first only): a model whose template cannot take its own
+        parallel calls back must not make them."""
         return not self.knows_tool_calls or self._renders_calls(2, self.call_ids)
 
     def _accepted_call_ids(self) -> CallIdFormat:
@@ -108,19 +110,23 @@ class ChatTemplater:
 
     def _renders_calls(self, count: int, call_ids: CallIdFormat) -> bool:
         """Whether a probe turn of `count` tool calls with ids of `call_ids`, and their results,
-        renders through the template."""
+        renders through the template, every call in it."""
         ids = [call_ids.new() for _ in range(count)]
-        calls = [ToolCall(id=i, function=FunctionCall(name="probe", arguments="{}")) for i in ids]
+        names = [f"{_PROBE_TOOL}_{n}" for n in range(count)]
+        calls = [
+            ToolCall(id=i, function=FunctionCall(name=name, arguments="{}"))
+            for i, name in zip(ids, names, strict=True)
+        ]
         probe: list[Message] = [
             UserMessage(role="user", content="probe"),
             AssistantMessage(role="assistant", tool_calls=calls),  # type: ignore[arg-type]
             *(ToolMessage(role="tool", content="probe", tool_call_id=i) for i in ids),
         ]
         try:
-            self._text(probe, (), None)
+            text = self._text(probe, (), None)
         except Exception:  # a template may fail on a probe in any way
             return False
-        return True
+        return all(name in text for name in names)
 
     def render(
         self, messages: list[Message], tools: tuple[ToolSpec, ...] = (), verbosity: str | None = None
@@ -165,7 +171,7 @@ class ChatTemplater:
                 converted.insert(0, {"role": "system", "content": ""})
             converted[0]["tools"] = json.dumps(template_tools(tools), ensure_ascii=False)
         elif tools:
-            _prepend_system(converted, builtin_tool_prompt(tools))
+            _prepend_system(converted, builtin_tool_prompt(tools, self.tool_format.call_instructions))
         continue_final = converted[-1]["role"] == "assistant"
         try:
             text = self.tokenizer.apply_chat_template(
@@ -185,6 +191,7 @@ class ChatTemplater:
     def _convert(self, messages: list[Message]) -> list[dict[str, Any]]:
         system_parts: list[str] = []
         out: list[dict[str, Any]] = []
+        results_turn: dict[str, Any] | None = None
         for index, message in enumerate(messages):
             if isinstance(message, DeveloperMessage | SystemMessage):
                 if isinstance(message, DeveloperMessage) and self.knows_developer:
@@ -195,10 +202,19 @@ class ChatTemplater:
                 out.append(_named({"role": "user", "content": _user_text(message, index)}, message.name))
             elif isinstance(message, AssistantMessage):
                 out.append(self._assistant(message))
-            elif isinstance(message, ToolMessage):
-                out.append(self._tool_result(_text(message.content), message.tool_call_id, message.name))
-            elif isinstance(message, FunctionMessage):
-                out.append(self._tool_result(message.content or "", None, message.name))
+            elif isinstance(message, ToolMessage | FunctionMessage):
+                content = (
+                    _text(message.content) if isinstance(message, ToolMessage) else message.content or ""
+                )
+                call_id = message.tool_call_id if isinstance(message, ToolMessage) else None
+                turn = self._tool_result(content, call_id, message.name)
+                if turn["role"] == "user" and results_turn is not None and out and out[-1] is results_turn:
+                    # Results of one turn of calls share one user turn: many templates without
+                    # a tool role (Gemma's) demand that user and assistant turns alternate.
+                    results_turn["content"] += "\n" + turn["content"]
+                    continue
+                results_turn = turn if turn["role"] == "user" else None
+                out.append(turn)
         if system_parts:
             # Several system/developer messages are merged, in order, into one leading system turn:
             # many templates accept only one, and only first.
@@ -216,7 +232,9 @@ class ChatTemplater:
         if self.knows_tool_calls:
             turn["tool_calls"] = [_template_call(call_id, fn) for call_id, fn in calls]
         else:
-            rendered = self.write_calls([(fn.name, _parsed_arguments(fn.arguments)) for _, fn in calls])
+            rendered = self.tool_format.write_calls(
+                [(fn.name, _parsed_arguments(fn.arguments)) for _, fn in calls]
+            )
             turn["content"] = f"{content}\n{rendered}" if content else rendered
         return turn
 
@@ -226,8 +244,8 @@ class ChatTemplater:
             if tool_call_id is not None:
                 turn["tool_call_id"] = self.call_ids.fit(tool_call_id)
             return _named(turn, name)
-        # Templates without tool support get the result as a user turn, in the Hermes style.
-        return {"role": "user", "content": f"<tool_response>\n{content}\n</tool_response>"}
+        # Templates without tool support get the result as a user turn, in the model's format.
+        return {"role": "user", "content": self.tool_format.write_result(content)}
 
 
 def _with_markers(messages: list[Message]) -> tuple[list[Message], list[str]]:

@@ -152,16 +152,13 @@ def template_tools(tools: tuple[ToolSpec, ...]) -> list[dict[str, object]]:
     return out
 
 
-def builtin_tool_prompt(tools: tuple[ToolSpec, ...]) -> str:
-    """For chat templates with no tool support: the tools in the widespread Hermes style, which
-    is also the format the Hermes parser reads back."""
+def builtin_tool_prompt(tools: tuple[ToolSpec, ...], call_instructions: str) -> str:
+    """For chat templates with no tool support: the tools as JSON in the widespread Hermes style,
+    and how to call them in the model's own format (`call_instructions`, from its parser)."""
     listing = "\n".join(json.dumps(t, ensure_ascii=False) for t in template_tools(tools))
     return (
         "You are a function calling AI model. You are given function signatures within <tools></tools> "
         "XML tags. You may call one or more of these functions to answer the user. Do not make up "
         "values for arguments. Here are the available tools:\n"
-        f"<tools>\n{listing}\n</tools>\n"
-        "For each function call, return a JSON object with the function name and its arguments within "
-        "<tool_call></tool_call> XML tags, like this:\n"
-        '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+        f"<tools>\n{listing}\n</tools>\n{call_instructions}"
     )

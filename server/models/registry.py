@@ -119,7 +119,7 @@ class ModelRegistry:
         )
         templater = ChatTemplater(tokenizer, template)
         tool_parser = parser_for_template(templater.template, spec.tool_parser)
-        templater.write_calls = tool_parser.write_calls
+        templater.tool_format = tool_parser
         logger.info("model %s: tool calls in the %s format", spec.id, tool_parser.name)
         grammars = GrammarCompiler(
             tokenizer, vocab_size, limits.stop_token_ids, self._config.server.limits.max_grammar_bytes

@@ -11,7 +11,14 @@ from typing import Any, ClassVar
 import regex
 
 from server.constrained.json_schema import lark_json
-from server.parsers.events import CallGrammar, ParseEvent, ToolCallArguments, ToolCallStart, ToolSpec
+from server.parsers.events import (
+    CallGrammar,
+    ParseEvent,
+    Reasoning,
+    ToolCallArguments,
+    ToolCallStart,
+    ToolSpec,
+)
 
 # Given a marker such as "<tool_call>": its token id when it is one special token of the vocabulary.
 SpecialTokenLookup = Callable[[str], int | None]
@@ -28,8 +35,15 @@ class ToolCallParser(ABC):
     # What the parser reads that a vocabulary may hold as one special token: those tokens are
     # decoded as their text for it (special tokens are otherwise left out of the output).
     syntax_markers: ClassVar[tuple[str, ...]] = ()
+    # For templates that cannot show tools: how our tool prompt tells the model to write calls.
+    call_instructions: ClassVar[str] = (
+        "For each function call, return a JSON object with the function name and its arguments within "
+        "<tool_call></tool_call> XML tags, like this:\n"
+        '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, tools: tuple[ToolSpec, ...] = ()) -> None:
+        self.tools = {tool.name: tool for tool in tools}  # for formats whose values are untyped text
         self.calls = 0
 
     @abstractmethod
@@ -56,8 +70,13 @@ class ToolCallParser(ABC):
         )
 
     @classmethod
-    def parse(cls, text: str) -> list[ParseEvent]:
-        parser = cls()
+    def write_result(cls, content: str) -> str:
+        """A tool's result as a user turn, for templates that have no tool role."""
+        return f"<tool_response>\n{content}\n</tool_response>"
+
+    @classmethod
+    def parse(cls, text: str, tools: tuple[ToolSpec, ...] = ()) -> list[ParseEvent]:
+        parser = cls(tools)
         return merge(parser.feed(text) + parser.finish())
 
     def _start_call(self, name: str) -> ToolCallStart:
@@ -75,7 +94,9 @@ def merge(events: list[ParseEvent]) -> list[ParseEvent]:
             out[-1] = last + event
         elif isinstance(event, ToolCallArguments) and isinstance(last, ToolCallArguments):
             out[-1] = ToolCallArguments(event.index, last.fragment + event.fragment)
-        elif event != "":
+        elif isinstance(event, Reasoning) and isinstance(last, Reasoning):
+            out[-1] = Reasoning(last.text + event.text)
+        elif event != "" and event != Reasoning(""):
             out.append(event)
     return out
 
@@ -112,6 +133,37 @@ def marker(text: str, special: SpecialTokenLookup) -> str:
     """Lark for a marker: the special token where the vocabulary has one, else the literal text."""
     token_id = special(text)
     return f"<[{token_id}]>" if token_id is not None else json.dumps(text)
+
+
+class SteppedParser(ToolCallParser):
+    """A state machine over a buffer of text: each step consumes what it can of the buffer."""
+
+    def __init__(self, tools: tuple[ToolSpec, ...] = ()) -> None:
+        super().__init__(tools)
+        self._buf = ""
+
+    @abstractmethod
+    def _step(self, out: list[ParseEvent], final: bool) -> bool:
+        """Consumes from the buffer into `out`; True while another step can go on."""
+
+    @abstractmethod
+    def _rest(self) -> list[ParseEvent]:
+        """At the end of the output: what the steps left in the buffer, as events."""
+
+    def feed(self, text: str) -> list[ParseEvent]:
+        self._buf += text
+        out: list[ParseEvent] = []
+        while self._step(out, final=False):
+            pass
+        return merge(out)
+
+    def finish(self) -> list[ParseEvent]:
+        out: list[ParseEvent] = []
+        while self._buf and self._step(out, final=True):
+            pass
+        out += self._rest()
+        self._buf = ""
+        return merge(out)
 
 
 class _State(Enum):
@@ -159,7 +211,7 @@ def _match(pattern: regex.Pattern[str], text: str, final: bool) -> regex.Match[s
     return True if found.partial else found
 
 
-class JsonEnvelopeParser(ToolCallParser):
+class JsonEnvelopeParser(SteppedParser):
     """Formats whose calls are `{"name": ..., "<args key>": {...}}` objects inside markers.
 
     A subclass sets the markers and patterns. Once a call's header (up to its name) is read, the
@@ -176,9 +228,8 @@ class JsonEnvelopeParser(ToolCallParser):
     list_close: ClassVar[regex.Pattern[str] | None] = None
     name_is_json: ClassVar[bool] = True  # the header's name group is a JSON string (else bare)
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._buf = ""
+    def __init__(self, tools: tuple[ToolSpec, ...] = ()) -> None:
+        super().__init__(tools)
         self._state = _State.TEXT
         self._raw = ""  # envelope text read since the marker, given back as text if it goes wrong
         self._object: _ObjectEnd | None = None
@@ -186,23 +237,14 @@ class JsonEnvelopeParser(ToolCallParser):
         self._bare_tried = False
         self._gap = False  # a call just ended: blank space before the next marker is envelope
 
-    def feed(self, text: str) -> list[ParseEvent]:
-        self._buf += text
-        out: list[ParseEvent] = []
-        while self._step(out, final=False):
-            pass
-        return merge(out)
-
-    def finish(self) -> list[ParseEvent]:
-        out: list[ParseEvent] = []
-        while self._buf and self._step(out, final=True):
-            pass
+    def _rest(self) -> list[ParseEvent]:
+        rest = self._buf
         if self._state in (_State.LIST_OPEN, _State.HEADER):
-            out.append(self._raw + self._buf)
-        elif self._state is _State.TEXT:
-            out.append(self._buf)
-        self._buf, self._raw, self._state = "", "", _State.TEXT
-        return merge(out)
+            rest = self._raw + self._buf
+        elif self._state is not _State.TEXT:
+            rest = ""
+        self._raw, self._state = "", _State.TEXT
+        return [rest]
 
     def _step(self, out: list[ParseEvent], final: bool) -> bool:
         handler = {
@@ -246,7 +288,7 @@ class JsonEnvelopeParser(ToolCallParser):
             self._buf, self._raw = buf[at + len(hit) :], hit
             self._state = _State.LIST_OPEN if self.list_open is not None else _State.HEADER
             return True
-        keep = 0 if final else _held_back(buf, self.open_markers)
+        keep = 0 if final else held_back(buf, self.open_markers)
         self._emit_text(out, buf[: len(buf) - keep])
         self._buf = buf[len(buf) - keep :]
         return False
@@ -326,7 +368,7 @@ class JsonEnvelopeParser(ToolCallParser):
         return True
 
 
-def _held_back(text: str, markers: tuple[str, ...]) -> int:
+def held_back(text: str, markers: tuple[str, ...]) -> int:
     """Length of the longest end of `text` that could begin a marker."""
     longest = 0
     for m in markers:
@@ -335,3 +377,61 @@ def _held_back(text: str, markers: tuple[str, ...]) -> int:
                 longest = n
                 break
     return longest
+
+
+class BlockParser(SteppedParser):
+    """Formats whose calls are whole blocks between two text markers (Gemma's ```tool_code fences,
+    Qwen3-Coder's XML calls), read once the block has closed: a block cut short, or one that does
+    not parse, is text. Blank space between blocks is not content."""
+
+    open_marker: ClassVar[str]
+    close_marker: ClassVar[str]
+
+    def __init__(self, tools: tuple[ToolSpec, ...] = ()) -> None:
+        super().__init__(tools)
+        self._in_block = False
+        self._after_block = False
+
+    @abstractmethod
+    def read_block(self, body: str) -> list[tuple[str, Any]] | None:
+        """The calls (name, arguments object) a block's body holds, or None when it is not calls."""
+
+    def _rest(self) -> list[ParseEvent]:
+        rest = self.open_marker + self._buf if self._in_block else self._buf
+        self._in_block = False
+        return [rest]
+
+    def _step(self, out: list[ParseEvent], final: bool) -> bool:
+        if self._in_block:
+            at = self._buf.find(self.close_marker)
+            if at < 0:
+                return False
+            body, self._buf = self._buf[:at], self._buf[at + len(self.close_marker) :]
+            self._in_block, self._after_block = False, True
+            calls = self.read_block(body)
+            if calls is None:
+                out.append(self.open_marker + body + self.close_marker)
+            for name, arguments in calls or []:
+                start = self._start_call(name)
+                out += [start, ToolCallArguments(start.index, json.dumps(arguments, ensure_ascii=False))]
+            return True
+        if self._after_block:
+            stripped = self._buf.lstrip()
+            if not stripped:
+                if final:
+                    self._buf = ""
+                return False
+            if not final and self.open_marker.startswith(stripped):
+                return False
+            self._after_block = False
+            if stripped.startswith(self.open_marker):
+                self._buf = stripped
+        at = self._buf.find(self.open_marker)
+        if at >= 0:
+            out.append(self._buf[:at])
+            self._buf, self._in_block = self._buf[at + len(self.open_marker) :], True
+            return True
+        keep = 0 if final else held_back(self._buf, (self.open_marker,))
+        out.append(self._buf[: len(self._buf) - keep])
+        self._buf = self._buf[len(self._buf) - keep :]
+        return False

@@ -25,8 +25,13 @@ class ToolCallArguments:
     fragment: str  # the fragments of one call concatenate to its JSON arguments
 
 
+@dataclass(slots=True, frozen=True)
+class Reasoning:
+    text: str  # the model's thinking (gpt-oss's analysis channel): not content
+
+
 # Plain `str` events are assistant content.
-ParseEvent = str | ToolCallStart | ToolCallArguments
+ParseEvent = str | ToolCallStart | ToolCallArguments | Reasoning
 
 
 @dataclass(slots=True, frozen=True)

@@ -20,8 +20,8 @@ class PythonicParser(ToolCallParser):
     name = "pythonic"
     template_markers = ("[func_name1(",)
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, tools: tuple[ToolSpec, ...] = ()) -> None:
+        super().__init__(tools)
         self._buf = ""
         self._in_list = False
         self._decided = False  # whether the output has shown that it is text
@@ -53,7 +53,7 @@ class PythonicParser(ToolCallParser):
 
     def _calls(self, listing: str) -> list[ParseEvent]:
         try:
-            calls = _parse_calls(listing.strip())
+            calls = parse_call_list(listing.strip())
         except (SyntaxError, ValueError):
             return [listing]
         events: list[ParseEvent] = []
@@ -66,7 +66,7 @@ class PythonicParser(ToolCallParser):
     def grammar(cls, spec: CallGrammar, special: SpecialTokenLookup) -> str:
         rules: list[str] = []
         for i, tool in enumerate(spec.tools):
-            rules += _call_rules(i, tool)
+            rules += call_rules(i, tool)
         rules.append("call: " + " | ".join(f"call{i}" for i in range(len(spec.tools))))
         listing = '"[" call (", " call)* "]"' if spec.parallel else '"[" call "]"'
         if spec.required:
@@ -78,7 +78,7 @@ class PythonicParser(ToolCallParser):
         return "\n".join(rules)
 
 
-def _call_rules(i: int, tool: ToolSpec) -> list[str]:
+def call_rules(i: int, tool: ToolSpec) -> list[str]:
     """`name(k1=v1, k2=v2)` with the keywords in the schema's order, required ones always present."""
     properties: dict[str, Any] = (tool.parameters or {}).get("properties") or {}
     required = set((tool.parameters or {}).get("required") or [])
@@ -115,7 +115,7 @@ def _list_end(text: str) -> int | None:
     return None
 
 
-def _parse_calls(listing: str) -> list[tuple[str, dict[str, Any]]]:
+def parse_call_list(listing: str) -> list[tuple[str, dict[str, Any]]]:
     source, names = _names_aliased(listing)
     tree = ast.parse(source, mode="eval").body
     if not isinstance(tree, ast.List):

@@ -6,16 +6,20 @@ import logging
 
 from server.parsers.base import ToolCallParser
 from server.parsers.deepseek import DeepSeekParser
+from server.parsers.gemma import GemmaParser
+from server.parsers.harmony import HarmonyParser
 from server.parsers.hermes import HermesParser
 from server.parsers.llama3_json import Llama3JsonParser
 from server.parsers.mistral import GraniteParser, MistralParser, Phi4MiniParser
 from server.parsers.mistral_args import MistralArgsParser
 from server.parsers.pythonic import PythonicParser
+from server.parsers.qwen3_xml import Qwen3XmlParser
 
 logger = logging.getLogger(__name__)
 
 # Detection order matters: a pythonic Llama template also mentions `<|python_tag|>`; a v11 Mistral
-# template (`[ARGS]`) also has `[TOOL_CALLS]`.
+# template (`[ARGS]`) also has `[TOOL_CALLS]`; Qwen3-Coder's XML calls sit in `<tool_call>` too;
+# any Gemma template (`<start_of_turn>`) that has a tool format of its own names it.
 PARSERS: dict[str, type[ToolCallParser]] = {
     parser.name: parser
     for parser in (
@@ -25,8 +29,11 @@ PARSERS: dict[str, type[ToolCallParser]] = {
         PythonicParser,
         Phi4MiniParser,
         GraniteParser,
+        HarmonyParser,
+        Qwen3XmlParser,
         HermesParser,
         Llama3JsonParser,
+        GemmaParser,
     )
 }
 

@@ -49,9 +49,13 @@ FAMILIES = {
     "phi4_mini.jinja": ("phi4_mini", "<|tool|>"),
     "mistral_args.jinja": ("mistral_args", "[AVAILABLE_TOOLS]"),
     "deepseek_r1.jinja": ("deepseek", "## Tools"),
+    "gpt_oss.jinja": ("harmony", "namespace functions {"),
+    "qwen3_coder.jinja": ("qwen3_xml", "<parameter>\n<name>city</name>"),
+    "gemma3.jinja": ("gemma", "```tool_code"),
 }
 # The markers each family's real tokenizer holds as special (control) tokens; the others are text.
 CONTROL_TOKENS = {
+    "gpt_oss.jinja": ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|call|>"],
     "llama3_json.jinja": ["<|python_tag|>"],
     "mistral_args.jinja": ["[TOOL_CALLS]", "[ARGS]"],
     "granite3.jinja": ["<|tool_call|>"],
@@ -236,10 +240,11 @@ async def test_a_call_opened_by_a_control_token_is_parsed(
 
 
 async def test_parallel_calls_only_where_the_template_takes_them_back(family: tuple) -> None:
-    """Llama 3.1's template refuses a turn of several calls: the model makes one at a time, and
-    asking for parallel calls is a 400 naming the field. The other families take several."""
+    """Llama 3.1's template refuses a turn of several calls, gpt-oss's renders only the first: the
+    model makes one at a time, and asking for parallel calls is a 400 naming the field. The other
+    families take several."""
     name, served, client = family
-    single = name == "llama3_json.jinja"
+    single = name in ("llama3_json.jinja", "gpt_oss.jinja")
     assert served.templater.parallel_calls is not single
     ask = {"model": "tiny", "messages": ASK, "tools": TOOLS, "tool_choice": "required", "max_tokens": 120}
     if single:
@@ -249,6 +254,16 @@ async def test_parallel_calls_only_where_the_template_takes_them_back(family: tu
         for seed in range(3):  # unset: one call, whatever the random weights would like
             r = await client.chat.completions.create(**ask, seed=seed, temperature=1.0)
             assert len(r.choices[0].message.tool_calls or []) == 1
-    else:
+    else:  # random weights may go on calling until the limit cuts a call: then it is text
         r = await client.chat.completions.create(**ask, parallel_tool_calls=True)
-        assert r.choices[0].message.tool_calls
+        assert r.choices[0].message.tool_calls or r.choices[0].finish_reason == "length"
+
+
+async def test_a_call_cut_by_max_tokens_is_text_with_finish_reason_length(family: tuple) -> None:
+    """Eight tokens are too few for any family's call: the answer is what the model wrote, as
+    content, not a call with arguments that are not JSON."""
+    _, _, client = family
+    r = await client.chat.completions.create(**FORCED_CALL, max_tokens=8)
+    choice = r.choices[0]
+    assert choice.finish_reason == "length"
+    assert choice.message.tool_calls is None and choice.message.content

@@ -18,11 +18,16 @@ from server.chat.detokenizer import IncrementalDecoder
 from server.engine.types import SampledToken
 from server.models.token_table import TokenTable
 from server.parsers.base import ToolCallParser, merge
-from server.parsers.events import ParseEvent, ToolCallArguments, ToolCallStart
+from server.parsers.deepseek import DeepSeekParser
+from server.parsers.events import ParseEvent, ToolCallArguments, ToolCallStart, ToolSpec
+from server.parsers.gemma import GemmaParser
+from server.parsers.harmony import HarmonyParser
 from server.parsers.hermes import HermesParser
 from server.parsers.llama3_json import Llama3JsonParser
 from server.parsers.mistral import MistralParser
+from server.parsers.mistral_args import MistralArgsParser
 from server.parsers.pythonic import PythonicParser
+from server.parsers.qwen3_xml import Qwen3XmlParser
 
 FIXTURE_OK = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -132,15 +137,24 @@ def _call_text(parser: type[ToolCallParser], name: str, args: dict) -> str:
         return json.dumps({"name": name, "parameters": args})
     if parser is MistralParser:
         return "[TOOL_CALLS]" + json.dumps([{"name": name, "arguments": args}])
+    if parser is not PythonicParser:
+        return parser.write_calls([(name, args)]).removeprefix("<|start|>assistant")
     return f"[{name}({', '.join(f'{k}={json.dumps(v)}' for k, v in args.items() if k.isidentifier())})]"
 
 
-def _fed(parser: type[ToolCallParser], pieces: list[str]) -> list[ParseEvent]:
-    p = parser()
+def _fed(
+    parser: type[ToolCallParser], pieces: list[str], tools: tuple[ToolSpec, ...] = ()
+) -> list[ParseEvent]:
+    p = parser(tools)
     events: list[ParseEvent] = []
     for piece in pieces:
         events += p.feed(piece)
     return merge(events + p.finish())
+
+
+def _schema_of(value: object) -> dict[str, str]:
+    kind = {bool: "boolean", int: "integer", str: "string"}[type(value)]
+    return {"type": kind}
 
 
 def _split(text: str, cuts: list[int]) -> list[str]:
@@ -148,7 +162,17 @@ def _split(text: str, cuts: list[int]) -> list[str]:
     return [text[a:b] for a, b in itertools.pairwise(points)]
 
 
-PARSERS = [HermesParser, Llama3JsonParser, MistralParser, PythonicParser]
+PARSERS = [
+    HermesParser,
+    Llama3JsonParser,
+    MistralParser,
+    PythonicParser,
+    DeepSeekParser,
+    MistralArgsParser,
+    HarmonyParser,
+    Qwen3XmlParser,
+    GemmaParser,
+]
 
 
 @pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
@@ -194,9 +218,14 @@ def test_a_well_formed_call_is_read_back(
         args = {k: v for k, v in args.items() if k.isidentifier()}  # keywords too: `from=` must work
         if prefix:
             prefix = ""  # pythonic calls are the whole output
-    if parser is Llama3JsonParser:
-        assume(not prefix)  # a JSON call after text is text, by that format's rules
-    events = _fed(parser, [prefix + _call_text(parser, name, args)])
+    if parser is GemmaParser:
+        args = {k: v for k, v in args.items() if k.isidentifier()}  # keyword arguments in Python
+    if parser is Qwen3XmlParser:
+        args = {k: v for k, v in args.items() if k and ">" not in k and "\n" not in k}  # tag names
+    if parser in (Llama3JsonParser, HarmonyParser):
+        assume(not prefix)  # a JSON call after text is text; harmony output opens with a channel
+    tools = (ToolSpec(name, {"type": "object", "properties": {k: _schema_of(v) for k, v in args.items()}}),)
+    events = _fed(parser, [prefix + _call_text(parser, name, args)], tools)
     starts = [e for e in events if isinstance(e, ToolCallStart)]
     assert [s.name for s in starts] == [name]
     fragments = "".join(e.fragment for e in events if isinstance(e, ToolCallArguments))

@@ -15,11 +15,14 @@ from server.models.token_table import TokenTable
 from server.parsers.base import ToolCallParser
 from server.parsers.deepseek import DeepSeekParser
 from server.parsers.events import CallGrammar, ToolSpec
+from server.parsers.gemma import GemmaParser
+from server.parsers.harmony import HarmonyParser
 from server.parsers.hermes import HermesParser
 from server.parsers.llama3_json import Llama3JsonParser
 from server.parsers.mistral import GraniteParser, MistralParser, Phi4MiniParser
 from server.parsers.mistral_args import MistralArgsParser
 from server.parsers.pythonic import PythonicParser
+from server.parsers.qwen3_xml import Qwen3XmlParser
 
 WEATHER = ToolSpec(
     "get_weather",
@@ -40,7 +43,28 @@ DS = (
     "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>{}<｜tool▁call▁end｜>"
     "<｜tool▁calls▁end｜>"
 )
+HARMONY = "<|channel|>commentary to=functions.{} <|constrain|>json<|message|>{}"
+XML = "<tool_call>\n<function={}>\n{}</function>\n</tool_call>"
+CITY_C = "<parameter=city>\nParis\n</parameter>\n<parameter=unit>\nc\n</parameter>\n"
 CALLS: dict[type[ToolCallParser], tuple[str, str, str, str]] = {
+    HarmonyParser: (
+        HARMONY.format("get_weather", '{"city": "Paris", "unit": "c"}'),
+        HARMONY.format("get_time", '{"zone": "CET"}'),
+        HARMONY.format("nope", "{}"),
+        HARMONY.format("get_weather", '{"unit": "k"}'),
+    ),
+    Qwen3XmlParser: (
+        XML.format("get_weather", CITY_C),
+        XML.format("get_time", "<parameter=zone>\nCET\n</parameter>\n"),
+        XML.format("nope", ""),
+        XML.format("get_weather", "<parameter=unit>\nk\n</parameter>\n"),
+    ),
+    GemmaParser: (
+        '```tool_code\nget_weather(city="Paris", unit="c")\n```',
+        '```tool_code\nget_time(zone="CET")\n```',
+        "```tool_code\nnope()\n```",
+        '```tool_code\nget_weather(unit="k")\n```',
+    ),
     HermesParser: (
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n</tool_call>',
         '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>',
@@ -91,6 +115,9 @@ CALLS: dict[type[ToolCallParser], tuple[str, str, str, str]] = {
     ),
 }
 TWO_CALLS = {
+    HarmonyParser: lambda a, b: f"{a}{b}",  # never allowed: a harmony turn ends at its call
+    Qwen3XmlParser: lambda a, b: f"{a}\n{b}",
+    GemmaParser: lambda a, b: f"{a}\n{b}",
     HermesParser: lambda a, b: f"{a}\n{b}",
     Llama3JsonParser: lambda a, b: f"{a}; {b}",
     MistralParser: lambda a, b: a[:-1] + ", " + b[len("[TOOL_CALLS][") :],
@@ -150,7 +177,7 @@ def test_required_calls_name_a_declared_function_with_valid_arguments(
     g = grammar(compiler, parser)
     assert accepts(compiler, tokenizer, g, good)
     assert accepts(compiler, tokenizer, g, other)
-    assert accepts(compiler, tokenizer, g, TWO_CALLS[parser](good, other))
+    assert accepts(compiler, tokenizer, g, TWO_CALLS[parser](good, other)) is (parser is not HarmonyParser)
     assert not accepts(compiler, tokenizer, g, unknown)
     assert not accepts(compiler, tokenizer, g, invalid)
     assert not accepts(compiler, tokenizer, g, "Sure, here is the weather.")
@@ -252,3 +279,43 @@ def test_grammar_errors_are_one_line_without_parser_state(
     with pytest.raises(GrammarFailure) as failed:
         mask(tokenizer("x", add_special_tokens=False)["input_ids"])
     assert "\n" not in str(failed.value) and len(str(failed.value)) < 400
+
+
+def test_harmony_with_its_control_tokens_lets_messages_on_any_channel_come_first(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """gpt-oss's markers are special tokens: free messages (analysis, final) may precede the one
+    call, which is enforced; without tools required, an answer on the final channel ends it."""
+    gpt_oss_like = copy.deepcopy(tokenizer)
+    markers = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|call|>"]
+    gpt_oss_like.add_special_tokens({"additional_special_tokens": markers})
+    compiler = GrammarCompiler(gpt_oss_like, len(gpt_oss_like), frozenset({gpt_oss_like.eos_token_id}))
+    auto = grammar(compiler, HarmonyParser, required=False)
+    thought = "<|channel|>analysis<|message|>The user wants the weather<|end|><|start|>assistant"
+    good, _, unknown, invalid = CALLS[HarmonyParser]
+    assert accepts(compiler, gpt_oss_like, auto, thought + good)
+    assert accepts(compiler, gpt_oss_like, auto, thought + "<|channel|>final<|message|>Sunny.")
+    assert not accepts(compiler, gpt_oss_like, auto, thought + unknown)
+    assert not accepts(compiler, gpt_oss_like, auto, thought + invalid)
+    assert not accepts(compiler, gpt_oss_like, auto, "Sunny, without a channel.")
+
+
+def test_qwen3_xml_values_are_held_to_their_schema(
+    compiler: GrammarCompiler, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    typed = ToolSpec(
+        "book",
+        {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 5}, "nights": {"type": "integer"}},
+            "required": ["city", "nights"],
+        },
+    )
+    g = grammar(compiler, Qwen3XmlParser, tools=(typed,))
+    params = "<parameter=city>\n{}\n</parameter>\n<parameter=nights>\n{}\n</parameter>\n"
+    assert accepts(compiler, tokenizer, g, XML.format("book", params.format("Paris", 3)))
+    assert accepts(compiler, tokenizer, g, XML.format("book", params.format("a\nb", 3)))
+    assert not accepts(compiler, tokenizer, g, XML.format("book", params.format("Barcelona", 3)))
+    assert not accepts(compiler, tokenizer, g, XML.format("book", params.format("Paris", "three")))
+    (_, arguments) = Qwen3XmlParser.parse(XML.format("book", params.format("12", 3)), (typed,))
+    assert json.loads(arguments.fragment) == {"city": "12", "nights": 3}  # a string stays one

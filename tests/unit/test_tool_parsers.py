@@ -8,16 +8,29 @@ import pytest
 
 from server.parsers.base import ToolCallParser, merge
 from server.parsers.deepseek import DeepSeekParser
-from server.parsers.events import ParseEvent, ToolCallArguments, ToolCallStart
+from server.parsers.events import ParseEvent, Reasoning, ToolCallArguments, ToolCallStart, ToolSpec
+from server.parsers.gemma import GemmaParser
+from server.parsers.harmony import HarmonyParser
 from server.parsers.hermes import HermesParser
 from server.parsers.llama3_json import Llama3JsonParser
 from server.parsers.mistral import GraniteParser, MistralParser, Phi4MiniParser
 from server.parsers.mistral_args import MistralArgsParser
 from server.parsers.pythonic import PythonicParser
+from server.parsers.qwen3_xml import Qwen3XmlParser
 from server.parsers.registry import parser_for_template
 
 WEATHER = {"city": "Paris", "days": [1, 2], "note": 'say "hi" } ]'}
 W = json.dumps(WEATHER)
+# What the tools declare (Qwen3-Coder's values are bare text, typed by the schema).
+TOOLS = (
+    ToolSpec(
+        "get_weather",
+        {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "array"}, "note": {"type": "string"}},
+        },
+    ),
+)
 
 
 def calls(events: list[ParseEvent]) -> list[tuple[str, dict]]:
@@ -34,16 +47,51 @@ def text(events: list[ParseEvent]) -> str:
     return "".join(e for e in events if isinstance(e, str))
 
 
-def by_character(parser: type[ToolCallParser], output: str) -> list[ParseEvent]:
-    p = parser()
+def by_character(
+    parser: type[ToolCallParser], output: str, tools: tuple[ToolSpec, ...] = ()
+) -> list[ParseEvent]:
+    p = parser(tools)
     events: list[ParseEvent] = []
     for ch in output:
         events += p.feed(ch)
     return merge(events + p.finish())
 
 
+THOUGHT = "<|channel|>analysis<|message|>They want the weather.<|end|><|start|>assistant"
+XML_WEATHER = (
+    "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+    '<parameter=days>\n[1, 2]\n</parameter>\n<parameter=note>\nsay "hi" } ]\n</parameter>\n'
+    "</function>\n</tool_call>"
+)
 CASES: list[tuple[type[ToolCallParser], str, str, list[tuple[str, dict]]]] = [
     # parser, model output, expected content, expected calls
+    (
+        HarmonyParser,
+        f"{THOUGHT}<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{W}<|call|>",
+        "",
+        [("get_weather", WEATHER)],
+    ),
+    (  # the recipient in the role part, as gpt-oss's template writes calls back
+        HarmonyParser,
+        f" to=functions.get_weather<|channel|>commentary json<|message|>{W}",
+        "",
+        [("get_weather", WEATHER)],
+    ),
+    (HarmonyParser, f"{THOUGHT}<|channel|>final<|message|>Sunny.<|return|>", "Sunny.", []),
+    (HarmonyParser, "Plain words, no channels.", "Plain words, no channels.", []),
+    (HarmonyParser, "<|channel|>final", "<|channel|>final", []),  # a header cut short
+    (Qwen3XmlParser, "Let me look.\n" + XML_WEATHER, "Let me look.\n", [("get_weather", WEATHER)]),
+    (Qwen3XmlParser, XML_WEATHER + "\n" + XML_WEATHER, "", [("get_weather", WEATHER)] * 2),
+    (Qwen3XmlParser, "<tool_call>\nnot xml\n</tool_call>", "<tool_call>\nnot xml\n</tool_call>", []),
+    (Qwen3XmlParser, XML_WEATHER[:60], XML_WEATHER[:60], []),  # cut by the token limit: text
+    (
+        GemmaParser,
+        'Checking.\n```tool_code\nget_weather(city="Paris", days=[1, 2], note=\'say "hi" } ]\')\n```',
+        "Checking.\n",
+        [("get_weather", WEATHER)],
+    ),
+    (GemmaParser, "```python\nprint(1)\n```", "```python\nprint(1)\n```", []),
+    (GemmaParser, "```tool_code\nnot a call!\n```", "```tool_code\nnot a call!\n```", []),
     (
         DeepSeekParser,
         "Let me check.<｜tool▁calls▁begin｜>"
@@ -152,10 +200,37 @@ CASES: list[tuple[type[ToolCallParser], str, str, list[tuple[str, dict]]]] = [
 def test_parser_golden_whole_and_by_character(
     parser: type[ToolCallParser], output: str, content: str, expected: list[tuple[str, dict]]
 ) -> None:
-    whole = parser.parse(output)
+    whole = parser.parse(output, TOOLS)
     assert text(whole) == content
     assert calls(whole) == expected
-    assert by_character(parser, output) == whole
+    assert by_character(parser, output, TOOLS) == whole
+
+
+def test_harmony_analysis_is_reasoning_not_content() -> None:
+    events = HarmonyParser.parse(f"{THOUGHT}<|channel|>final<|message|>Sunny.")
+    assert events == [Reasoning("They want the weather."), "Sunny."]
+
+
+def test_qwen3_xml_values_are_typed_by_the_tool_schema() -> None:
+    """Values are bare text: a string parameter keeps `12` as text, other types read it as JSON."""
+    schema = {"type": "object", "properties": {"zip": {"type": "string"}, "n": {"type": "integer"}}}
+    body = (
+        "<parameter=zip>\n12\n</parameter>\n<parameter=n>\n12\n</parameter>\n<parameter=x>\n1\n</parameter>\n"
+    )
+    output = f"<tool_call>\n<function=f>\n{body}</function>\n</tool_call>"
+    assert calls(Qwen3XmlParser.parse(output, (ToolSpec("f", schema),))) == [
+        ("f", {"zip": "12", "n": 12, "x": "1"})
+    ]
+
+
+@pytest.mark.parametrize("parser", [Qwen3XmlParser, GemmaParser, HarmonyParser])
+def test_calls_written_for_history_read_back(parser: type[ToolCallParser]) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "array"}}}
+    written = parser.write_calls([("get_weather", {"city": "Paris", "days": [1, 2]})])
+    if parser is HarmonyParser:  # written as a whole turn; the output starts after its `<|start|>assistant`
+        written = written.removeprefix("<|start|>assistant")
+    events = parser.parse(written, (ToolSpec("get_weather", schema),))
+    assert calls(events) == [("get_weather", {"city": "Paris", "days": [1, 2]})]
 
 
 def test_arguments_stream_as_they_arrive() -> None:
@@ -194,6 +269,9 @@ def test_text_after_a_call_is_content() -> None:
         ("{{ '[TOOL_CALLS]' }}", MistralParser),
         ("[func_name1(params_name1=params_value1), ...] <|python_tag|>", PythonicParser),
         ("{{ message.content }}", HermesParser),  # no tool support: our Hermes-style prompt
+        ("<|start|>assistant<|channel|>final<|message|>", HarmonyParser),
+        ("<tool_call>\n<function=example_function_name>", Qwen3XmlParser),
+        ("<start_of_turn>user\n", GemmaParser),
     ],
 )
 def test_parser_is_chosen_from_the_template(template: str, expected: type[ToolCallParser]) -> None:
