@@ -71,10 +71,24 @@ class ChatTemplater:
         # our tool prompt asks for calls. Hermes by default.
         self.tool_format: type[ToolCallParser] = HermesParser
         self.call_ids = ANY
+        self.takes_system = True
+        self.takes_system = self._takes_system()
         self.tools_from: ToolsFrom = "prompt"
         self.tools_from = self._where_tools_are_read()
         self.call_ids = self._accepted_call_ids()
         self.parallel_calls = self._takes_parallel_calls()
+
+    def _takes_system(self) -> bool:
+        """Whether a system turn renders (Gemma 2's template raises on one): where it does not, the
+        system prompt (ours with the tools included) opens the first user turn instead."""
+        probe: list[Message] = [
+            SystemMessage(role="system", content=_PROBE_TOOL),
+            UserMessage(role="user", content="probe"),
+        ]
+        try:
+            return _PROBE_TOOL in self._text(probe, (), None)
+        except Exception:  # a template may fail on a probe in any way
+            return False
 
     def _where_tools_are_read(self) -> ToolsFrom:
         """Where this template reads the tools from, found by rendering a probe tool: the `tools`
@@ -172,6 +186,8 @@ class ChatTemplater:
             converted[0]["tools"] = json.dumps(template_tools(tools), ensure_ascii=False)
         elif tools:
             _prepend_system(converted, builtin_tool_prompt(tools, self.tool_format.call_instructions))
+        if not self.takes_system and converted and converted[0]["role"] == "system":
+            _fold_system(converted)
         continue_final = converted[-1]["role"] == "assistant"
         try:
             text = self.tokenizer.apply_chat_template(
@@ -277,6 +293,15 @@ def _prepend_system(turns: list[dict[str, Any]], text: str) -> None:
         turns[0]["content"] = f"{turns[0]['content']}\n\n{text}"
     else:
         turns.insert(0, {"role": "system", "content": text})
+
+
+def _fold_system(turns: list[dict[str, Any]]) -> None:
+    """The leading system turn's text moved to the start of the first user turn."""
+    system = turns.pop(0)["content"]
+    if turns and turns[0]["role"] == "user":
+        turns[0]["content"] = f"{system}\n\n{turns[0]['content']}" if system else turns[0]["content"]
+    elif system:
+        turns.insert(0, {"role": "user", "content": system})
 
 
 def _named(turn: dict[str, Any], name: str | None) -> dict[str, Any]:

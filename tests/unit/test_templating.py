@@ -160,3 +160,19 @@ def test_a_template_that_mentions_tools_but_drops_them_gets_our_tool_prompt(
     ).messages
     text = templater.render(messages, (ToolSpec("get_weather", {"type": "object"}, None),)).text
     assert "<tools>" in text and "get_weather" in text
+
+
+def test_a_template_that_refuses_a_system_turn_gets_it_in_the_first_user_turn(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """Gemma 2's template raises on a system message: the system prompt (with our tool prompt in
+    it) opens the first user turn, as Gemma's own documentation does it."""
+    templater = ChatTemplater(tokenizer, (FIXTURES / "gemma2.jinja").read_text())
+    assert not templater.takes_system
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather?"}]
+    text = _render(tokenizer, messages, (FIXTURES / "gemma2.jinja").read_text())
+    assert "<start_of_turn>user\nBe brief.\n\nWeather?<end_of_turn>" in text
+    request = messages_adapter.validate_python([{"role": "user", "content": "Weather?"}])
+    with_tools = templater.render(request, (ToolSpec("get_weather", {"type": "object"}, None),)).text
+    assert with_tools.index("get_weather") < with_tools.index("Weather?")
+    assert ChatTemplater(tokenizer, (FIXTURES / "gemma3.jinja").read_text()).takes_system
