@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from server.chat.tools import builtin_tool_prompt  # noqa: E402
 from server.parsers.events import ToolSpec  # noqa: E402
+from server.parsers.hermes import HermesParser  # noqa: E402
 from tests.e2e.conftest import free_port, wait_healthy  # noqa: E402
 
 PROMPTS = [
@@ -98,7 +99,7 @@ WORKLOADS: dict[str, dict] = {
     },
     # tool_call's unconstrained twin: the same prompt (the default model's template has no tool
     # support, so the server shows tools through this very system prompt), no grammar.
-    "tool_prompt": {"system": builtin_tool_prompt((ESSAY_TOOL,))},
+    "tool_prompt": {"system": builtin_tool_prompt((ESSAY_TOOL,), HermesParser.call_instructions)},
 }
 # Each constrained workload and the plain workload it is compared with.
 TWINS = {"json_schema": "plain", "tool_call": "tool_prompt"}
