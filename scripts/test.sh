@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check server tests scripts
+.venv/bin/mypy  # server/, as [tool.mypy] in pyproject.toml says
 # Converts the default model's GGUF file into the cache once, so the tests' servers start fast.
 .venv/bin/python -m server prepare --config models.yaml
 exec .venv/bin/python -m pytest "$@"

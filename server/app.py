@@ -14,14 +14,14 @@ from fastapi.middleware.cors import CORSMiddleware
 import server
 from server.api import handlers
 from server.api.auth import ApiKeyGate, load_api_keys
+from server.api.body_limit import BodyLimit
 from server.api.lifecycle import DrainGate, Lifecycle
-from server.api.limits import BodyLimit
 from server.api.observability import Observability
 from server.api.routes import chat, health, metrics, models, stored
+from server.chat.registry import ModelRegistry
 from server.chat.service import ChatService
 from server.config import ServerConfig
 from server.metrics import Metrics
-from server.models.registry import ModelRegistry
 from server.storage.records import CompletionStore
 from server.storage.sql_store import SqlCompletionStore
 from server.storage.writer import StoreWriter

@@ -28,8 +28,8 @@ def install_request_ids() -> None:
 
     def with_request_id(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = make_record(*args, **kwargs)
-        record.request_id = request_id_var.get()
-        record.request_tag = f" [{record.request_id}]" if record.request_id else ""
+        request_id = request_id_var.get()
+        vars(record).update(request_id=request_id, request_tag=f" [{request_id}]" if request_id else "")
         return record
 
     logging.setLogRecordFactory(with_request_id)

@@ -11,8 +11,9 @@ from typing import Any
 
 import yaml
 
-from server.api.errors import AuthenticationFailed, printable, send_error
+from server.api.asgi_errors import send_error
 from server.config import ConfigError, ServerConfig
+from server.protocol.errors import AuthenticationFailed, printable
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from server.api.errors import APIError, InternalError, TrackedSend, error_body, printable, send_error
+from server.api.asgi_errors import TrackedSend, send_error
+from server.protocol.errors import APIError, InternalError, error_body, printable
 
 logger = logging.getLogger(__name__)
 

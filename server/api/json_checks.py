@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from typing import Any
 
-from server.api.errors import InvalidRequest
+from server.protocol.errors import InvalidRequest
 
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
@@ -44,9 +45,9 @@ def check_json(value: Any, max_depth: int) -> None:
         node, depth, trail = stack.pop()
         if depth > max_depth:
             raise _invalid(trail, f"is nested deeper than this server allows ({max_depth} levels)")
-        is_object = isinstance(node, dict)
-        for key, item in node.items() if is_object else enumerate(node):
-            if is_object and has_surrogate(key):
+        pairs: Iterable[tuple[Any, Any]] = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, item in pairs:
+            if isinstance(key, str) and has_surrogate(key):
                 raise _invalid(trail, "has a key holding a lone UTF-16 surrogate (not valid Unicode text)")
             kind = type(item)
             if kind is str or kind is float:

@@ -18,7 +18,8 @@ from typing import Any
 
 import uvicorn
 
-from server.api.errors import ShuttingDown, TrackedSend, send_error
+from server.api.asgi_errors import TrackedSend, send_error
+from server.protocol.errors import ShuttingDown
 
 logger = logging.getLogger(__name__)
 

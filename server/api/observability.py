@@ -16,9 +16,9 @@ from typing import Any
 
 from fastapi import Request
 
-from server.api.errors import APIError, printable
 from server.logs import install_request_ids, request_id_var
 from server.metrics import Metrics
+from server.protocol.errors import APIError, printable
 
 access_logger = logging.getLogger("server.access")
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from typing import Any
 
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from server.api.errors import APIError, InternalError
+from server.protocol.errors import APIError, InternalError
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,9 @@ class EventStreamResponse(StreamingResponse):
         loop = asyncio.get_running_loop()
         request = asyncio.current_task()
         writing_since: float | None = None
+        watchdog: asyncio.TimerHandle | None = None
 
-        async def timed_send(message: dict) -> None:
+        async def timed_send(message: MutableMapping[str, Any]) -> None:
             nonlocal writing_since
             writing_since = loop.time()
             try:
@@ -106,4 +107,5 @@ class EventStreamResponse(StreamingResponse):
                 await self._content.aclose()  # type: ignore[attr-defined]
             raise
         finally:
-            watchdog.cancel()
+            if watchdog is not None:
+                watchdog.cancel()

@@ -10,17 +10,17 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from server.api.errors import InvalidRequest
-from server.api.schemas.request import (
-    ChatCompletionRequest,
-    ResponseFormatJSONObject,
-    ResponseFormatJSONSchema,
-)
 from server.chat.tools import ToolPlan, plan_tools
 from server.constrained.compiler import GrammarCompiler, GrammarError
 from server.constrained.json_schema import ANY_OBJECT, lark_json, schema_grammar
 from server.constrained.mask import one_line
 from server.parsers.base import ToolCallParser
+from server.protocol.errors import InvalidRequest
+from server.protocol.request import (
+    ChatCompletionRequest,
+    ResponseFormatJSONObject,
+    ResponseFormatJSONSchema,
+)
 
 
 @dataclass(slots=True, frozen=True)

@@ -50,16 +50,16 @@ class IncrementalDecoder:
         if not ids:
             return ""
         if not self._keep or self._keep.isdisjoint(ids):
-            return self._tokenizer.decode(ids, skip_special_tokens=True)
+            return str(self._tokenizer.decode(ids, skip_special_tokens=True))
         pieces: list[str] = []
         run: list[int] = []
         for token_id in [*ids, None]:
             if token_id is None or token_id in self._keep:
                 if run:
-                    pieces.append(self._tokenizer.decode(run, skip_special_tokens=True))
+                    pieces.append(str(self._tokenizer.decode(run, skip_special_tokens=True)))
                     run = []
                 if token_id is not None:
-                    pieces.append(self._tokenizer.convert_ids_to_tokens(token_id))
+                    pieces.append(str(self._tokenizer.convert_ids_to_tokens(token_id)))
             else:
                 run.append(token_id)
         return "".join(pieces)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server.api.errors import ContextLengthExceeded, InvalidRequest, UnsupportedParameter
-from server.api.schemas.request import AssistantMessage, ChatCompletionRequest, CustomToolCall, Message
 from server.config import SamplingDefaults
 from server.engine.types import SamplingParams
+from server.protocol.errors import ContextLengthExceeded, InvalidRequest, UnsupportedParameter
+from server.protocol.request import AssistantMessage, ChatCompletionRequest, CustomToolCall, Message
 
 
 @dataclass(slots=True, frozen=True)

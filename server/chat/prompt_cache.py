@@ -16,10 +16,10 @@
 
 from __future__ import annotations
 
-from server.api.errors import InvalidRequest
-from server.api.schemas.request import ChatCompletionRequest
 from server.chat.templating import Prompt
 from server.engine.types import CachePolicy
+from server.protocol.errors import InvalidRequest
+from server.protocol.request import ChatCompletionRequest
 
 TTL_SECONDS = {"30m": 30 * 60.0, "12h": 12 * 3600.0}
 RETENTION_SECONDS = {"in_memory": 3600.0, "24h": 24 * 3600.0}

@@ -11,10 +11,10 @@ from typing import Any
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from server.api.errors import StoreFailed
-from server.api.schemas.request import ChatCompletionRequest
 from server.chat import aggregate
 from server.chat.templating import PART_SEPARATOR
+from server.protocol.errors import StoreFailed
+from server.protocol.request import ChatCompletionRequest
 from server.storage.records import StoredCompletion
 from server.storage.writer import StoreWriteError
 

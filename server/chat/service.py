@@ -13,9 +13,6 @@ from openai.types.chat import ChatCompletionChunk
 from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta, ChoiceLogprobs
 from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
 
-from server.api.errors import InternalError, RateLimited, ShuttingDown, UnsupportedParameter
-from server.api.limits import check_limits
-from server.api.schemas.request import ChatCompletionRequest
 from server.chat.assembler import ChoiceAssembler, Delta
 from server.chat.constraints import Constraint, build_constraint
 from server.chat.detokenizer import IncrementalDecoder
@@ -23,6 +20,7 @@ from server.chat.observer import RequestObserver
 from server.chat.params import refuse_obviously_too_long, refuse_unsupported, sampling_params
 from server.chat.prompt_cache import cache_policy, check_breakpoints
 from server.chat.recording import record_builder, recorded
+from server.chat.registry import ModelRegistry, ServedModel
 from server.chat.templating import Prompt
 from server.chat.tool_stream import ChoiceDeltas, ToolCallDeltas
 from server.config import RequestLimits
@@ -30,7 +28,9 @@ from server.constrained.mask import GrammarMask
 from server.engine.engine import EngineStream
 from server.engine.types import EngineRequest, FinishReason, QueueFull, StepOutput
 from server.metrics import Metrics
-from server.models.registry import ModelRegistry, ServedModel
+from server.protocol.errors import InternalError, RateLimited, ShuttingDown, UnsupportedParameter
+from server.protocol.limits import check_limits
+from server.protocol.request import ChatCompletionRequest
 from server.storage.writer import StoreWriter
 
 logger = logging.getLogger(__name__)

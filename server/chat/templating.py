@@ -10,8 +10,14 @@ from typing import Any, Literal
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
-from server.api.errors import InvalidRequest, UnsupportedParameter
-from server.api.schemas.request import (
+from server.chat.call_ids import ANY, CANDIDATES, CallIdFormat
+from server.chat.tools import builtin_tool_prompt, template_tools
+from server.engine.slots import common_prefix
+from server.parsers.base import ToolCallParser
+from server.parsers.events import ToolSpec
+from server.parsers.hermes import HermesParser
+from server.protocol.errors import InvalidRequest, UnsupportedParameter
+from server.protocol.request import (
     AssistantMessage,
     DeveloperMessage,
     FunctionCall,
@@ -24,12 +30,6 @@ from server.api.schemas.request import (
     ToolMessage,
     UserMessage,
 )
-from server.chat.call_ids import ANY, CANDIDATES, CallIdFormat
-from server.chat.tools import builtin_tool_prompt, template_tools
-from server.engine.slots import common_prefix
-from server.parsers.base import ToolCallParser
-from server.parsers.events import ToolSpec
-from server.parsers.hermes import HermesParser
 
 # Used for models that ship no chat template (base models): plain ChatML.
 CHATML_TEMPLATE = (
@@ -239,7 +239,10 @@ class ChatTemplater:
 
     def _assistant(self, message: AssistantMessage) -> dict[str, Any]:
         content = _assistant_text(message)
-        calls = [(self.call_ids.fit(c.id), c.function) for c in message.tool_calls or []]
+        # (Custom tool calls are refused before rendering: params.refuse_unsupported.)
+        calls: list[tuple[str | None, FunctionCall]] = [
+            (self.call_ids.fit(c.id), c.function) for c in message.tool_calls or [] if isinstance(c, ToolCall)
+        ]
         if message.function_call is not None:
             calls.append((None, message.function_call))
         turn: dict[str, Any] = _named({"role": "assistant", "content": content}, message.name)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from server.api.errors import InvalidRequest, UnsupportedParameter, printable
-from server.api.schemas.request import (
+from server.parsers.events import CallGrammar, ToolSpec
+from server.protocol.errors import InvalidRequest, UnsupportedParameter, printable
+from server.protocol.request import (
     AllowedToolsChoice,
     ChatCompletionRequest,
     CustomTool,
@@ -16,7 +17,6 @@ from server.api.schemas.request import (
     NamedToolChoice,
     Tool,
 )
-from server.parsers.events import CallGrammar, ToolSpec
 
 
 @dataclass(slots=True, frozen=True)

@@ -37,7 +37,7 @@ class GrammarError(ValueError):
 
 
 def parser_limits() -> llguidance.LLParserLimits:
-    return llguidance.LLParserLimits(**PARSER_LIMITS)
+    return llguidance.LLParserLimits(**PARSER_LIMITS)  # type: ignore[arg-type]
 
 
 class GrammarCompiler:
@@ -59,7 +59,9 @@ class GrammarCompiler:
     ) -> None:
         self._stop_token_ids = sorted(stop_token_ids)
         self.tokenizer = llguidance.hf.from_tokenizer(
-            tokenizer, n_vocab=vocab_size, eos_token=self._stop_token_ids or None
+            tokenizer,  # type: ignore[arg-type]  # a fast tokenizer (TokenizersBackend), as transformers 5 loads
+            n_vocab=vocab_size,
+            eos_token=self._stop_token_ids or None,
         )
         self.vocab_size = vocab_size
         self.max_grammar_bytes = max_grammar_bytes
@@ -73,7 +75,7 @@ class GrammarCompiler:
     def special_token(self, text: str) -> int | None:
         """The id of `text` when it is one special token of this vocabulary (e.g. Qwen's `<tool_call>`)."""
         ids = self._hf.convert_tokens_to_ids([text])
-        token_id = ids[0] if ids else None
+        token_id = ids[0] if isinstance(ids, list) and ids else None
         if token_id is None or token_id == self._hf.unk_token_id or token_id >= self.vocab_size:
             return None
         return token_id if self.tokenizer.is_special_token(token_id) else None

@@ -183,13 +183,13 @@ class Engine:
             if abort_everything:
                 aborts.update(self._by_id)
             for request_id in aborts:
-                seq = self._by_id.get(request_id)
-                if seq is not None:
-                    self._finish(seq, FinishReason.ABORT)
+                aborted = self._by_id.get(request_id)
+                if aborted is not None:
+                    self._finish(aborted, FinishReason.ABORT)
             for request_id, parked in parking.items():
-                seq = self._by_id.get(request_id)
-                if seq is not None:
-                    (scheduler.park if parked else scheduler.resume)(seq)
+                reader = self._by_id.get(request_id)
+                if reader is not None:
+                    (scheduler.park if parked else scheduler.resume)(reader)
             for seq in scheduler.overdue(time.monotonic()):
                 self._finish(seq, FinishReason.QUEUE_TIMEOUT, "waited too long for a place in the batch")
             if scheduler.has_work():

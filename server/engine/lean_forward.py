@@ -15,6 +15,7 @@ must match the Hugging Face forward before the engine uses it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,7 @@ def _fuse(linears: list[nn.Linear]) -> Linear:
     )
     fused.weight = nn.Parameter(weight, requires_grad=False)
     if has_bias:
-        bias = torch.cat([lin.bias.detach() for lin in linears], dim=0)  # type: ignore[union-attr]
+        bias = torch.cat([lin.bias.detach() for lin in linears], dim=0)
         fused.bias = nn.Parameter(bias, requires_grad=False)
     packed = cpu_kernels.packed_only(fused)
     if packed is not None:
@@ -65,7 +66,7 @@ def _fuse(linears: list[nn.Linear]) -> Linear:
     return fused
 
 
-def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+def _rms_norm(x: torch.Tensor, norm: Any) -> torch.Tensor:
     """LlamaRMSNorm, operation for operation (float32 statistics, cast back before the weight)."""
     dtype = x.dtype
     h = x.to(torch.float32)
@@ -80,7 +81,8 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 class _Layer:
-    def __init__(self, layer: nn.Module, qkv: Linear, gate_up: Linear) -> None:
+    # `layer` is a transformers decoder layer: its submodules are the model's own (Any to the checker).
+    def __init__(self, layer: Any, qkv: Linear, gate_up: Linear) -> None:
         attn = layer.self_attn
         # o_proj and down_proj are read from their parents at each call: pre-packing swaps them later.
         self.attn, self.mlp = attn, layer.mlp
@@ -137,6 +139,7 @@ class LeanForward:
         x = inner.embed_tokens(input_ids)
         cos, sin = inner.rotary_emb(x, position_ids)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        batch: dict[str, Any] = {BATCH_KWARG: layout}
         for layer in self.layers:
             d = layer.head_dim
             qkv = layer.qkv(_rms_norm(x, layer.input_norm))
@@ -144,7 +147,7 @@ class LeanForward:
             q = _rotate(q.view(1, tokens, -1, d).transpose(1, 2), cos, sin)
             k = _rotate(k.view(1, tokens, -1, d).transpose(1, 2), cos, sin)
             v = v.view(1, tokens, -1, d).transpose(1, 2)
-            attended, _ = slot_attention(layer.attn, q, k, v, None, layer.scaling, **{BATCH_KWARG: layout})
+            attended, _ = slot_attention(layer.attn, q, k, v, None, layer.scaling, **batch)
             x = x + layer.attn.o_proj(attended.reshape(1, tokens, -1))
             gate, up = layer.gate_up(_rms_norm(x, layer.post_norm)).chunk(2, dim=-1)
             x = x + layer.mlp.down_proj(F.silu(gate) * up)
@@ -159,7 +162,8 @@ def _shaped_as_expected(model: PreTrainedModel) -> bool:
     if not isinstance(getattr(model, "lm_head", None), nn.Linear):
         return False
     for layer in inner.layers:
-        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        attn: Any = getattr(layer, "self_attn", None)
+        mlp: Any = getattr(layer, "mlp", None)
         projections = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
         projections += [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
         if not all(type(p) is nn.Linear for p in projections):

@@ -141,7 +141,7 @@ class ModelRunner:
     def _layout(self, plan: StepPlan, segments: list[PrefillSegment]) -> StepLayout:
         slots = [c.seq.slot for c in plan.decodes]
         positions = [c.start for c in plan.decodes]
-        rows = (max(slots) + 1) if slots else 0  # type: ignore[type-var]
+        rows = (max(slots) + 1) if slots else 0  # type: ignore[type-var, operator]  # decodes hold slots
         length = (max(positions) + 1) if positions else 0
         bias = last = None
         if slots:

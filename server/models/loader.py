@@ -124,8 +124,8 @@ def load_model(spec: ModelSpec, settings: ServerSettings, base_dir: Path) -> Loa
         device_map=None if plain_device else device,
         trust_remote_code=spec.trust_remote_code,
     )
-    if plain_device:
-        model = model.to(device)
+    if plain_device and isinstance(device, str):
+        model = model.to(device)  # type: ignore[arg-type]  # transformers types `to` for its decorator
     model.eval()
     return LoadedModel(model, tokenizer, dtype, device if isinstance(device, str) else "device_map")
 
@@ -169,7 +169,7 @@ def convert_gguf(location: str, gguf_file: str, target: Path, revision: str | No
     tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf_file, revision=revision)
     model = AutoModelForCausalLM.from_pretrained(location, gguf_file=gguf_file, revision=revision)
     # The weights are dequantized to plain tensors; drop the GGUF quantizer so they can be saved.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)

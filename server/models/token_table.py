@@ -76,7 +76,7 @@ class TokenTable:
             if match:
                 return bytes([int(match.group(1), 16)])
             return piece.replace("\u2581", " ").encode("utf-8")
-        return tokenizer.decode([token_id]).encode("utf-8")
+        return str(tokenizer.decode([token_id])).encode("utf-8")
 
     def __getitem__(self, token_id: int) -> TokenInfo:
         if 0 <= token_id < len(self._infos):

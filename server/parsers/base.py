@@ -6,7 +6,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import regex
 
@@ -203,7 +203,7 @@ class _ObjectEnd:
         return None
 
 
-def _match(pattern: regex.Pattern[str], text: str, final: bool) -> regex.Match[str] | bool | None:
+def _match(pattern: regex.Pattern[str], text: str, final: bool) -> regex.Match[str] | Literal[True] | None:
     """A full match, True when `text` may still grow into one, or None when it cannot."""
     found = pattern.match(text, partial=not final)
     if found is None:

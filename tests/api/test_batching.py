@@ -12,9 +12,9 @@ import httpx
 import openai
 from fastapi import FastAPI
 
-from server.api.schemas.request import ChatCompletionRequest
 from server.app import create_app
 from server.config import load_config
+from server.protocol.request import ChatCompletionRequest
 from tests.conftest import tiny_config_yaml
 
 PROMPTS = ["Tell me a story.", "Count to ten.", "Name three colors.", "Why is the sky blue?"]

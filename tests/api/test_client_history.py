@@ -14,8 +14,8 @@ import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from server.api.schemas.request import ChatCompletionRequest
 from server.chat.templating import ChatTemplater
+from server.protocol.request import ChatCompletionRequest
 from tests.api.conftest import assert_error
 
 WEATHER = {
@@ -117,7 +117,7 @@ async def test_each_clients_history_is_answered(
 async def test_dropped_keys_are_named_in_a_debug_line(
     http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.DEBUG, logger="server.api.schemas.request"):
+    with caplog.at_level(logging.DEBUG, logger="server.protocol.request"):
         body = {"model": "tiny", "messages": CLIENT_HISTORIES["litellm"], "max_tokens": 1}
         assert (await http.post("/v1/chat/completions", json=body)).status_code == 200
     lines = [r.getMessage() for r in caplog.records if "dropped keys" in r.getMessage()]

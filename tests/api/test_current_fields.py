@@ -13,9 +13,9 @@ import pytest
 from fastapi import FastAPI
 
 from server.api.obfuscation import BLOCK
-from server.api.schemas.request import ChatCompletionRequest
 from server.chat.templating import ChatTemplater
 from server.logs import JsonFormatter
+from server.protocol.request import ChatCompletionRequest
 from tests.api.conftest import assert_error
 
 ASK = [{"role": "user", "content": "Weather in Paris or Rome?"}]

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 from fastapi import FastAPI
 
-from server.api.schemas.request import ChatCompletionRequest
+from server.protocol.request import ChatCompletionRequest
 
 
 async def _wait_idle(engine, seconds: float = 5.0) -> bool:

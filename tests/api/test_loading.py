@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from server.app import create_app
+from server.chat.registry import ModelRegistry
 from server.config import load_config
-from server.models.registry import ModelRegistry
 from tests.conftest import tiny_config_yaml
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from server.api.schemas.request import ChatCompletionRequest
+from server.protocol.request import ChatCompletionRequest
 from tests.api.conftest import running_app
 from tests.api.test_tool_families import CONTROL_TOKENS, TEMPLATES
 from tests.api.test_tool_families import FAMILIES as TOOL_FORMATS

@@ -12,7 +12,7 @@ import openai
 import pytest
 from fastapi import FastAPI
 
-from server.api.schemas.request import ChatCompletionRequest
+from server.protocol.request import ChatCompletionRequest
 from tests.api.conftest import assert_error, running_app
 from tests.conftest import tiny_config_yaml
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from server.api.schemas.request import ChatCompletionRequest
 from server.parsers.events import ToolSpec
+from server.protocol.request import ChatCompletionRequest
 from tests.api.conftest import running_app
 from tests.conftest import TINY_SIZES, tiny_config_yaml
 

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from transformers import PreTrainedTokenizerBase
 
-from server.api.schemas.request import ChatCompletionRequest
 from server.chat.assembler import ChoiceAssembler
 from server.chat.detokenizer import IncrementalDecoder
 from server.engine.types import SampledToken
@@ -28,6 +27,7 @@ from server.parsers.mistral import MistralParser
 from server.parsers.mistral_args import MistralArgsParser
 from server.parsers.pythonic import PythonicParser
 from server.parsers.qwen3_xml import Qwen3XmlParser
+from server.protocol.request import ChatCompletionRequest
 
 FIXTURE_OK = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

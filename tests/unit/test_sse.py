@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator
 from openai.types.chat import ChatCompletionChunk
 
 from server.api import sse
-from server.api.errors import InternalError
+from server.protocol.errors import InternalError
 
 CHUNK = ChatCompletionChunk(id="chatcmpl-1", object="chat.completion.chunk", created=1, model="m", choices=[])
 

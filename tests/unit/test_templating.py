@@ -4,10 +4,10 @@ import pytest
 from pydantic import TypeAdapter
 from transformers import PreTrainedTokenizerBase
 
-from server.api.errors import UnsupportedParameter
-from server.api.schemas.request import ChatCompletionRequest, Message
 from server.chat.templating import ChatTemplater
 from server.parsers.events import ToolSpec
+from server.protocol.errors import UnsupportedParameter
+from server.protocol.request import ChatCompletionRequest, Message
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
 

@@ -15,9 +15,9 @@ from server.api import sse
 from server.api.json_checks import check_json
 from server.api.obfuscation import Obfuscator
 from server.api.observability import note_error
-from server.api.schemas.request import ChatCompletionRequest
 from server.chat import aggregate
 from server.chat.service import ChatService
+from server.protocol.request import ChatCompletionRequest
 
 T = TypeVar("T")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from server.models.registry import ModelRegistry
+from server.chat.registry import ModelRegistry
 
 router = APIRouter()
 

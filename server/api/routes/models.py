@@ -7,8 +7,8 @@ from fastapi.responses import JSONResponse
 from openai.types import Model
 from pydantic import BaseModel
 
-from server.api.errors import ModelNotFound
-from server.models.registry import ModelRegistry
+from server.chat.registry import ModelRegistry
+from server.protocol.errors import ModelNotFound
 
 router = APIRouter()
 OWNER = "openweights-server"

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from server.api.errors import InvalidRequest, NotFound, printable
-from server.api.schemas.stored import MetadataUpdate
 from server.chat.recording import stored_messages, stored_object
+from server.protocol.errors import InvalidRequest, NotFound, printable
+from server.protocol.stored import MetadataUpdate
 from server.storage.records import CompletionStore, ListQuery, StoredCompletion
 
 router = APIRouter()
@@ -165,7 +165,9 @@ def _limit(raw: str | None) -> int:
     return value
 
 
-def _order(raw: str | None) -> str:
-    if raw in (None, "", "asc", "desc"):
-        return raw or "asc"
+def _order(raw: str | None) -> Literal["asc", "desc"]:
+    if raw == "desc":
+        return "desc"
+    if raw in (None, "", "asc"):
+        return "asc"
     raise InvalidRequest(f"Invalid 'order': {raw!r}; it must be 'asc' or 'desc'.", param="order")

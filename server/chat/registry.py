@@ -14,7 +14,6 @@ import transformers
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import server
-from server.api.errors import ModelNotFound, ServiceUnavailable
 from server.chat.params import ModelLimits
 from server.chat.templating import ChatTemplater
 from server.config import ModelSpec, ServerConfig
@@ -26,6 +25,7 @@ from server.models.loader import LoadedModel, load_model
 from server.models.token_table import TokenTable
 from server.parsers.base import ToolCallParser
 from server.parsers.registry import parser_for_template
+from server.protocol.errors import ModelNotFound, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 

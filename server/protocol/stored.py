@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
-from server.api.schemas.request import check_metadata
+from server.protocol.request import check_metadata
 
 
 class MetadataUpdate(BaseModel):

@@ -1,13 +1,12 @@
-"""Request limits from the server config: body size (as the body arrives), then field by field."""
+"""The request body's size limit, enforced as the body arrives (before anything parses it)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from server.api.errors import APIError, InvalidRequest, ShuttingDown, send_error
-from server.api.schemas.request import ChatCompletionRequest
-from server.config import RequestLimits
+from server.api.asgi_errors import send_error
+from server.protocol.errors import APIError, InvalidRequest, ShuttingDown
 
 
 class BodyTooLarge(InvalidRequest):
@@ -97,22 +96,3 @@ class BodyLimit:
 
     def _too_large(self) -> BodyTooLarge:
         return BodyTooLarge(f"The request body is larger than this server's limit of {self.max_bytes} bytes.")
-
-
-def check_limits(request: ChatCompletionRequest, limits: RequestLimits) -> None:
-    def over(param: str, value: int, limit: int) -> None:
-        if value > limit:
-            raise InvalidRequest(
-                f"Invalid '{param}': {value} is more than this server allows ({limit}).", param=param
-            )
-
-    over("messages", len(request.messages), limits.max_messages)
-    over("n", request.n or 1, limits.max_n)
-    over("tools", len(request.tools or []), limits.max_tools)
-    over("functions", len(request.functions or []), limits.max_tools)
-    over("stop", len(request.stop_sequences), limits.max_stop)
-    if limits.max_tokens is not None:
-        for param in ("max_tokens", "max_completion_tokens"):
-            value = getattr(request, param)
-            if value is not None:
-                over(param, value, limits.max_tokens)

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from server.api.errors import printable
+from server.protocol.errors import printable
 
 logger = logging.getLogger(__name__)
 
