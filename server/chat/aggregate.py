@@ -98,6 +98,8 @@ class CompletionFolder:
     def result(self) -> ChatCompletion:
         head = self._head
         assert head is not None, "a chat stream always yields chunks"
+        unfinished = [index for index, state in self._folds.items() if state.finish is None]
+        assert not unfinished, f"choices {unfinished} ended without a finish_reason"
         choices = [
             Choice(
                 index=index,
@@ -105,7 +107,7 @@ class CompletionFolder:
                 logprobs=ChoiceLogprobs(content=state.logprobs, refusal=None)
                 if state.logprobs is not None
                 else None,
-                finish_reason=state.finish or "stop",  # type: ignore[arg-type]
+                finish_reason=state.finish,  # type: ignore[arg-type]  # set by the choice's last chunk
             )
             for index, state in sorted(self._folds.items())
         ]

@@ -13,8 +13,10 @@ from openai.types.chat import ChatCompletionChunk
 from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta, ChoiceLogprobs
 from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
 
-from server.chat.assembler import ChoiceAssembler, Delta
+from server.chat.assembler import ChoiceAssembler
+from server.chat.choice import ChoicePipeline
 from server.chat.constraints import Constraint, build_constraint
+from server.chat.deltas import OutputDeltas, ParsedDeltas
 from server.chat.detokenizer import IncrementalDecoder
 from server.chat.observer import RequestObserver
 from server.chat.params import refuse_obviously_too_long, refuse_unsupported, sampling_params
@@ -22,13 +24,12 @@ from server.chat.prompt_cache import cache_policy, check_breakpoints
 from server.chat.recording import record_builder, recorded
 from server.chat.registry import ModelRegistry, ServedModel
 from server.chat.templating import Prompt
-from server.chat.tool_stream import ChoiceDeltas, ToolCallDeltas
 from server.config import RequestLimits
 from server.constrained.mask import GrammarMask
 from server.engine.engine import EngineStream
-from server.engine.types import EngineRequest, FinishReason, QueueFull, StepOutput
+from server.engine.types import EngineRequest, QueueFull
 from server.metrics import Metrics
-from server.protocol.errors import InternalError, RateLimited, ShuttingDown, UnsupportedParameter
+from server.protocol.errors import RateLimited, UnsupportedParameter
 from server.protocol.limits import check_limits
 from server.protocol.request import ChatCompletionRequest
 from server.storage.writer import StoreWriter
@@ -145,16 +146,6 @@ class ChatService:
             service_tier=_SERVICE_TIERS.get(tier := request.service_tier or "auto", tier),
             include_usage=bool(request.stream_options and request.stream_options.include_usage),
         )
-        keep = served.tool_tokens if constraint.parser is not None else frozenset()
-        assemblers = [
-            ChoiceAssembler(
-                IncrementalDecoder(served.tokenizer, keep),
-                served.tokens,
-                request.stop_sequences,
-                bool(request.logprobs),
-            )
-            for _ in range(n)
-        ]
         logger.info(
             "%s: model=%s n=%d stream=%s prompt_tokens=%d max_tokens=%d",
             header.id,
@@ -171,9 +162,9 @@ class ChatService:
             stream = served.engine.stream(engine_requests, deadline)
         except QueueFull as exc:
             raise RateLimited(f"The server is busy ({exc}); retry shortly.") from exc
-        shapers = [_shaper(constraint, served, bool(request.stream)) for _ in range(n)]
+        pipelines = [_pipeline(request, constraint, served) for _ in range(n)]
         observer = RequestObserver(self._metrics, header.model, started, n)
-        chunks = _generate(header, stream, assemblers, shapers, len(prompt.token_ids), observer)
+        chunks = _generate(header, stream, pipelines, len(prompt.token_ids), observer)
         if self._log_content:
             chunks = _logged(header.id, chunks)
         if request.store and self._store_writer is not None:
@@ -198,81 +189,60 @@ def _prepare(
     return constraint, masks, prompt
 
 
-def _shaper(constraint: Constraint, served: ServedModel, streamed: bool) -> ChoiceDeltas:
+def _pipeline(request: ChatCompletionRequest, constraint: Constraint, served: ServedModel) -> ChoicePipeline:
+    """One choice's pipeline: the model's format parser reads the output when the request has tools."""
     if constraint.tools is None or constraint.parser is None:
-        return ChoiceDeltas()
-    return ToolCallDeltas(
-        constraint.parser(constraint.tools.tools),
-        constraint.tools.legacy_functions,
-        served.templater.call_ids.new,
-        streamed,
-    )
+        decoder, output = IncrementalDecoder(served.tokenizer, frozenset()), OutputDeltas()
+    else:
+        decoder = IncrementalDecoder(served.tokenizer, served.tool_tokens)  # the parser's markers kept
+        output = ParsedDeltas(
+            constraint.parser(constraint.tools.tools),
+            constraint.tools.legacy_functions,
+            served.templater.call_ids.new,
+            streamed=bool(request.stream),
+        )
+    assembler = ChoiceAssembler(decoder, served.tokens, request.stop_sequences, bool(request.logprobs))
+    return ChoicePipeline(assembler, output)
 
 
 async def _generate(
     header: _Header,
     stream: EngineStream,
-    assemblers: list[ChoiceAssembler],
-    shapers: list[ChoiceDeltas],
+    pipelines: list[ChoicePipeline],
     prompt_tokens: int,
     observer: RequestObserver,
 ) -> AsyncIterator[ChatCompletionChunk]:
     """Nothing is yielded before the engine's first output: a refusal is raised before any chunk."""
     build = _ChunkBuilder(header)
-    completion_tokens = [0] * len(assemblers)
     cached_tokens = 0
     announced = False
     try:
         async for index, out in stream:
-            assembler = assemblers[index]
-            delta, finish = _step(assembler, out)
+            step = pipelines[index].step(out)
             if out.prompt_tokens and index == 0:
                 cached_tokens = out.cached_tokens
                 observer.admitted(out.prompt_tokens, out.cached_tokens)
             if not announced:
                 announced = True
-                for choice in range(len(assemblers)):
+                for choice in range(len(pipelines)):
                     yield build.choice(choice, ChoiceDelta(role="assistant", content=""))
             if out.token is not None:
-                completion_tokens[index] += 1
                 observer.token(index)
-            if delta.stopped:
+            if step.stop_generating:
                 stream.abort(index)
-                finish = "stop"
-            shaper = shapers[index]
-            deltas = shaper.feed(delta.text) + (shaper.finish(finish) if finish is not None else [])
-            if not deltas and delta.logprobs:
-                deltas = [ChoiceDelta(content="")]
-            for position, choice_delta in enumerate(deltas):
-                yield build.choice(index, choice_delta, delta.logprobs if position == 0 else None)
-            if finish is not None:
-                reason = shaper.finish_reason(finish)
-                observer.finished("timeout" if out.finish_reason is FinishReason.TIMEOUT else reason)
-                yield build.choice(index, ChoiceDelta(), finish_reason=reason)
+            for position, choice_delta in enumerate(step.deltas):
+                yield build.choice(index, choice_delta, step.logprobs if position == 0 else None)
+            if step.finish_reason is not None:
+                observer.finished(step.ended_as or step.finish_reason)
+                yield build.choice(index, ChoiceDelta(), finish_reason=step.finish_reason)
     finally:
         stream.close()
-    yield build.usage(prompt_tokens, sum(completion_tokens), cached_tokens)
-
-
-def _step(assembler: ChoiceAssembler, out: StepOutput) -> tuple[Delta, str | None]:
-    """Feeds one engine output to the choice's assembler: its delta and finish reason, if any.
-    Raises for outputs that end the whole request (queue timeout, shutdown, engine failure)."""
-    reason = out.finish_reason
-    if reason is FinishReason.QUEUE_TIMEOUT:
-        raise RateLimited("The server is busy: the request waited too long for a place; retry shortly.")
-    if reason is FinishReason.ABORT:
-        raise ShuttingDown("The server is shutting down; this generation was cancelled.")
-    if reason is FinishReason.ERROR or out.error is not None:
-        raise InternalError(f"Generation failed: {out.error}")
-    delta = Delta()
-    if out.token is not None and reason is not FinishReason.STOP:  # an EOS token has no text
-        delta = assembler.feed(out.token)
-    if reason is None or delta.stopped:
-        return delta, None
-    tail = assembler.finish()
-    merged = Delta(delta.text + tail.text, delta.logprobs + tail.logprobs, tail.stopped)
-    # A request past its deadline (FinishReason.TIMEOUT) ends like one that ran out of tokens.
-    return merged, "stop" if reason is FinishReason.STOP or tail.stopped else "length"
+    yield build.usage(
+        prompt_tokens,
+        sum(p.completion_tokens for p in pipelines),
+        cached_tokens,
+        sum(p.reasoning_tokens for p in pipelines),
+    )
 
 
 async def _logged(
@@ -324,14 +294,19 @@ class _ChunkBuilder:
         choice = Choice(index=index, delta=delta, logprobs=choice_logprobs, finish_reason=finish_reason)  # type: ignore[arg-type]
         return self._chunk([choice], None)
 
-    def usage(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> ChatCompletionChunk:
+    def usage(
+        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int, reasoning_tokens: int
+    ) -> ChatCompletionChunk:
         usage = CompletionUsage(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
             prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens, audio_tokens=0),
             completion_tokens_details=CompletionTokensDetails(
-                reasoning_tokens=0, audio_tokens=0, accepted_prediction_tokens=0, rejected_prediction_tokens=0
+                reasoning_tokens=reasoning_tokens,
+                audio_tokens=0,
+                accepted_prediction_tokens=0,
+                rejected_prediction_tokens=0,
             ),
         )
         return self._chunk([], usage)

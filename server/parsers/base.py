@@ -46,6 +46,11 @@ class ToolCallParser(ABC):
         self.tools = {tool.name: tool for tool in tools}  # for formats whose values are untyped text
         self.calls = 0
 
+    @property
+    def in_reasoning(self) -> bool:
+        """Whether the text read so far ends inside the model's reasoning (harmony's analysis)."""
+        return False
+
     @abstractmethod
     def feed(self, text: str) -> list[ParseEvent]: ...
 

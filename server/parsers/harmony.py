@@ -62,6 +62,10 @@ class HarmonyParser(SteppedParser):
         self._state = _State.OPENING
         self._body = _Body.CONTENT
 
+    @property
+    def in_reasoning(self) -> bool:
+        return self._state is _State.BODY and self._body is _Body.REASONING
+
     def _rest(self) -> list[ParseEvent]:
         return [self._buf]  # an unfinished header, or a start of the format that never came
 

@@ -1,4 +1,5 @@
-"""One choice's text deltas -> wire deltas: content, or tool calls once the parser sees them."""
+"""One choice's text -> wire deltas: content, or what the model's output format parser reads in it
+(reasoning, tool calls)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from server.parsers.base import ToolCallParser
 from server.parsers.events import ParseEvent, Reasoning, ToolCallArguments, ToolCallStart
 
 
-class ChoiceDeltas:
-    """Plain text: every text delta is content. Subclassed when a tool parser reads the output."""
+class OutputDeltas:
+    """Plain text: every text delta is content. Subclassed when a parser reads the output."""
+
+    in_reasoning = False  # whether the text so far ends inside the model's reasoning
 
     def feed(self, text: str) -> list[ChoiceDelta]:
         return [ChoiceDelta(content=text)] if text else []
@@ -30,7 +33,7 @@ class ChoiceDeltas:
         return reason
 
 
-class ToolCallDeltas(ChoiceDeltas):
+class ParsedDeltas(OutputDeltas):
     """A call is sent as its index, id, type and name first, then its argument fragments; the
     fragments of one call concatenate to its `arguments`. With the deprecated `functions`, the one
     call is sent as `function_call` instead.
@@ -53,6 +56,10 @@ class ToolCallDeltas(ChoiceDeltas):
         self._streamed = streamed
         self._held: list[ParseEvent] = []
         self._text: list[str] = []  # what the model wrote, for a call cut short
+
+    @property
+    def in_reasoning(self) -> bool:  # type: ignore[override]
+        return self._parser.in_reasoning
 
     def feed(self, text: str) -> list[ChoiceDelta]:
         if not text:

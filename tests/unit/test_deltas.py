@@ -8,7 +8,7 @@ from openai.types.chat.chat_completion import Choice as CompletionChoice
 from openai.types.chat.chat_completion_chunk import ChatCompletionChunk, Choice
 
 from server.chat.aggregate import fold_all
-from server.chat.tool_stream import ToolCallDeltas
+from server.chat.deltas import ParsedDeltas
 from server.parsers.harmony import HarmonyParser
 from server.parsers.hermes import HermesParser
 
@@ -16,7 +16,7 @@ CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</
 CUT = CALL[: CALL.index("Paris") + 2]  # the call has begun: its name is known
 
 
-def message_of(deltas: ToolCallDeltas, pieces: list[str], reason: str) -> CompletionChoice:
+def message_of(deltas: ParsedDeltas, pieces: list[str], reason: str) -> CompletionChoice:
     out = [d for piece in pieces for d in deltas.feed(piece)] + deltas.finish(reason)
     chunks = [
         ChatCompletionChunk(
@@ -42,22 +42,20 @@ def new_ids() -> object:
 
 def test_a_call_cut_by_the_token_limit_is_text_in_a_whole_answer() -> None:
     choice = message_of(
-        ToolCallDeltas(HermesParser(), False, new_ids(), streamed=False), [CUT[:20], CUT[20:]], "length"
+        ParsedDeltas(HermesParser(), False, new_ids(), streamed=False), [CUT[:20], CUT[20:]], "length"
     )
     assert choice.finish_reason == "length"
     assert choice.message.tool_calls is None and choice.message.content == CUT
 
 
 def test_a_stream_sends_a_cut_call_as_it_came_with_finish_reason_length() -> None:
-    choice = message_of(ToolCallDeltas(HermesParser(), False, new_ids()), [CUT], "length")
+    choice = message_of(ParsedDeltas(HermesParser(), False, new_ids()), [CUT], "length")
     assert choice.finish_reason == "length"
     assert choice.message.tool_calls[0].function.name == "get_weather"
 
 
 def test_a_whole_call_is_a_call_even_when_the_limit_came_right_after_it() -> None:
-    choice = message_of(
-        ToolCallDeltas(HermesParser(), False, new_ids(), streamed=False), [CALL[:-3]], "length"
-    )
+    choice = message_of(ParsedDeltas(HermesParser(), False, new_ids(), streamed=False), [CALL[:-3]], "length")
     assert choice.message.tool_calls[0].function.arguments == '{"city": "Paris"}'
 
 
@@ -67,7 +65,7 @@ def test_harmony_analysis_is_the_message_reasoning_under_both_names() -> None:
         '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}'
     )
     for streamed in (True, False):
-        choice = message_of(ToolCallDeltas(HarmonyParser(), False, new_ids(), streamed), list(output), "stop")
+        choice = message_of(ParsedDeltas(HarmonyParser(), False, new_ids(), streamed), list(output), "stop")
         assert choice.finish_reason == "tool_calls"
         assert choice.message.reasoning == choice.message.reasoning_content == "They ask about Paris."  # type: ignore[attr-defined]
         assert choice.message.content is None
