@@ -87,6 +87,17 @@ class EngineSettings(_Strict):
     max_pinned_slots: Annotated[int, Field(ge=0)] | None = None
 
 
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+
+
+class ReasoningSettings(_Strict):
+    # Used where a request has no reasoning_effort (None: the chat template's own default).
+    default_effort: ReasoningEffort | None = None
+    # How thinking is told apart from the answer; None picks it from the chat template
+    # (`none`: the model's output is all answer, and reasoning_effort is refused).
+    parser: Literal["think", "granite", "harmony", "none"] | None = None
+
+
 class ModelSpec(_Strict):
     id: Annotated[str, Field(min_length=1, max_length=256)]
     source: ModelSource
@@ -114,6 +125,7 @@ class ModelSpec(_Strict):
         | None
     ) = None
     defaults: SamplingDefaults = SamplingDefaults()
+    reasoning: ReasoningSettings = ReasoningSettings()
     engine: EngineSettings = EngineSettings()
 
 

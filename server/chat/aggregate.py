@@ -53,8 +53,8 @@ class _ChoiceFold:
         called = bool(self.calls) or self.function_call is not None
         message = ChatCompletionMessage(
             role="assistant",
-            # With a call and no words around it, content is null, as OpenAI sends it.
-            content=None if called and not text.strip() else text,
+            # With a call or reasoning and no words besides, content is null, as OpenAI sends it.
+            content=None if (called or self.reasoning) and not text.strip() else text,
             refusal=None,
             annotations=[],
         )

@@ -7,14 +7,16 @@ enforce is a 400 naming where it sits, never a 200 with unconstrained output.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from server.chat.tools import ToolPlan, plan_tools
+from server.chat.tools import ToolPlan
 from server.constrained.compiler import GrammarCompiler, GrammarError
 from server.constrained.json_schema import ANY_OBJECT, lark_json, schema_grammar
 from server.constrained.mask import one_line
-from server.parsers.base import ToolCallParser
+from server.parsers.base import SpecialTokenLookup, ToolCallParser
+from server.parsers.reasoning import harmony_final, harmony_prefix, think_prefix
 from server.protocol.errors import InvalidRequest
 from server.protocol.request import (
     ChatCompletionRequest,
@@ -30,17 +32,46 @@ class Constraint:
     parser: type[ToolCallParser] | None
 
 
+@dataclass(slots=True, frozen=True)
+class ReasoningFirst:
+    """The answer may open with the model's reasoning, free: the grammar applies after it.
+    `prefix`: Lark rules defining `reasoning`; `answer_opening`: Lark the answer must open with
+    (harmony's final-channel header), for a response_format."""
+
+    prefix: str
+    answer_opening: str | None = None
+
+
+def reasoning_first(
+    format_name: str | None, thinks: bool, inside: bool, special: SpecialTokenLookup
+) -> ReasoningFirst | None:
+    """What a model's reasoning adds to the grammar of a constrained answer: `inside`, the prompt
+    opened the think block itself."""
+    if format_name == "harmony":
+        return ReasoningFirst(harmony_prefix(special), harmony_final(special))
+    if format_name in ("think", "granite") and (thinks or inside):
+        return ReasoningFirst(think_prefix(special, inside))
+    return None
+
+
 def build_constraint(
     request: ChatCompletionRequest,
     compiler: GrammarCompiler,
     parser: type[ToolCallParser],
-    parallel_calls: bool = True,
+    plan: ToolPlan | None,
+    reasoning: ReasoningFirst | None = None,
 ) -> Constraint:
-    """`parallel_calls`: whether the model's template takes several calls in a turn back."""
+    """`plan`: the request's tools (plan_tools); `reasoning`: what the answer may open with."""
     schema, schema_grammar_text = _response_format(request, compiler)
-    plan = plan_tools(request, parallel_calls)
     if plan is None:
-        return Constraint(schema_grammar_text, None, None)
+        if reasoning is None or (schema is None and reasoning.answer_opening is None):
+            return Constraint(schema_grammar_text, None, None)
+        if schema is None:  # harmony, free text: the channels are read, not enforced
+            return Constraint(None, None, None)
+        answer = f"answer: {reasoning.answer_opening or ''} {lark_json(schema)}"
+        grammar = f"start: reasoning answer\n{reasoning.prefix}\n{answer}"
+        _compile(compiler, grammar, "response_format", "The response format after reasoning")
+        return Constraint(grammar, None, None)
     param, where = ("functions", "parameters") if plan.legacy_functions else ("tools", "function.parameters")
     for index, tool in enumerate(plan.tools):
         what = f"The parameters schema of function '{tool.name}'"
@@ -48,8 +79,17 @@ def build_constraint(
         _compile(compiler, _schema_grammar(tool.parameters, tool_param, what), tool_param, what)
     text = lark_json(schema) if schema is not None else None
     grammar = parser.grammar(plan.call_grammar(text), compiler.special_token)
+    if reasoning is not None:
+        grammar = with_reasoning(grammar, reasoning.prefix)
     _compile(compiler, grammar, param, f"The tool-call grammar ({parser.name} format)")
     return Constraint(grammar, plan, parser)
+
+
+def with_reasoning(grammar: str, prefix: str) -> str:
+    """`grammar` (a Lark grammar of ours, its `start` rule at the start of a line) after the free
+    reasoning that `prefix` defines."""
+    renamed = re.sub(r"(?m)^start:", "answer:", grammar)
+    return f"start: reasoning answer\n{prefix}\n{renamed}"
 
 
 def _response_format(

@@ -13,8 +13,8 @@ from openai.types.chat.chat_completion_chunk import (
     ChoiceDeltaToolCallFunction,
 )
 
-from server.parsers.base import ToolCallParser
 from server.parsers.events import ParseEvent, Reasoning, ToolCallArguments, ToolCallStart
+from server.parsers.reasoning import OutputParser
 
 
 class OutputDeltas:
@@ -45,7 +45,7 @@ class ParsedDeltas(OutputDeltas):
 
     def __init__(
         self,
-        parser: ToolCallParser,
+        parser: OutputParser,
         legacy_functions: bool,
         new_call_id: Callable[[], str],
         streamed: bool = True,

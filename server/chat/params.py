@@ -25,8 +25,6 @@ def refuse_unsupported(request: ChatCompletionRequest) -> None:
     Values that ask for nothing beyond the default (`modalities: ["text"]`) are accepted. Tools and
     response formats are checked where they are built (`chat/constraints.py`).
     """
-    if request.reasoning_effort is not None:
-        raise UnsupportedParameter("reasoning_effort", "is not supported: the served models do not reason")
     if request.prediction is not None:
         raise UnsupportedParameter("prediction")
     if request.modalities is not None and "audio" in request.modalities:

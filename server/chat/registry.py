@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import server
 from server.chat.params import ModelLimits
+from server.chat.reasoning import ReasoningSupport
 from server.chat.templating import ChatTemplater
 from server.config import ModelSpec, ServerConfig
 from server.constrained.compiler import GrammarCompiler
@@ -24,6 +25,7 @@ from server.engine.types import EngineConfig
 from server.models.loader import LoadedModel, load_model
 from server.models.token_table import TokenTable
 from server.parsers.base import ToolCallParser
+from server.parsers.reasoning import SYNTAX_MARKERS
 from server.parsers.registry import parser_for_template
 from server.protocol.errors import ModelNotFound, ServiceUnavailable
 
@@ -44,6 +46,9 @@ class ServedModel:
     tool_parser: type[ToolCallParser]
     # The special tokens the tool parser reads (decoded as their text for it when tools are given).
     tool_tokens: frozenset[int]
+    reasoning: ReasoningSupport
+    # The special tokens the reasoning parser reads (decoded for it in every answer).
+    reasoning_tokens: frozenset[int]
     fingerprint: str
     created: int
 
@@ -124,7 +129,12 @@ class ModelRegistry:
         grammars = GrammarCompiler(
             tokenizer, vocab_size, limits.stop_token_ids, self._config.server.limits.max_grammar_bytes
         )
+        reasoning = ReasoningSupport.for_template(templater.template, spec.reasoning)
+        if reasoning.format is not None:
+            logger.info("model %s: reasoning in the %s format", spec.id, reasoning.format)
         marker_ids = (grammars.special_token(marker) for marker in tool_parser.syntax_markers)
+        reasoning_markers = SYNTAX_MARKERS[reasoning.format] if reasoning.format is not None else ()
+        reasoning_ids = (grammars.special_token(marker) for marker in reasoning_markers)
         return ServedModel(
             spec=spec,
             tokenizer=tokenizer,
@@ -135,6 +145,8 @@ class ModelRegistry:
             grammars=grammars,
             tool_parser=tool_parser,
             tool_tokens=frozenset(token_id for token_id in marker_ids if token_id is not None),
+            reasoning=reasoning,
+            reasoning_tokens=frozenset(token_id for token_id in reasoning_ids if token_id is not None),
             fingerprint=_fingerprint(spec, loaded),
             created=int(time.time()),
         )

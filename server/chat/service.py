@@ -15,7 +15,7 @@ from openai.types.completion_usage import CompletionTokensDetails, CompletionUsa
 
 from server.chat.assembler import ChoiceAssembler
 from server.chat.choice import ChoicePipeline
-from server.chat.constraints import Constraint, build_constraint
+from server.chat.constraints import Constraint, build_constraint, reasoning_first
 from server.chat.deltas import OutputDeltas, ParsedDeltas
 from server.chat.detokenizer import IncrementalDecoder
 from server.chat.observer import RequestObserver
@@ -24,11 +24,14 @@ from server.chat.prompt_cache import cache_policy, check_breakpoints
 from server.chat.recording import record_builder, recorded
 from server.chat.registry import ModelRegistry, ServedModel
 from server.chat.templating import Prompt
+from server.chat.tools import plan_tools
 from server.config import RequestLimits
 from server.constrained.mask import GrammarMask
 from server.engine.engine import EngineStream
 from server.engine.types import EngineRequest, QueueFull
 from server.metrics import Metrics
+from server.parsers.reasoning import OPEN as THINK_OPEN
+from server.parsers.reasoning import OutputParser, reasoning_parser
 from server.protocol.errors import RateLimited, UnsupportedParameter
 from server.protocol.limits import check_limits
 from server.protocol.request import ChatCompletionRequest
@@ -125,7 +128,7 @@ class ChatService:
         n = request.n or 1
         # Compiling a grammar, rendering the template and tokenizing take milliseconds, seconds for
         # a large schema or prompt: off the event loop, which keeps serving every other request.
-        constraint, masks, prompt = await asyncio.to_thread(_prepare, request, served, n)
+        constraint, masks, prompt, inside = await asyncio.to_thread(_prepare, request, served, n)
         base_id = uuid.uuid4().hex
         cache = cache_policy(request, prompt)
         engine_requests = [
@@ -162,7 +165,7 @@ class ChatService:
             stream = served.engine.stream(engine_requests, deadline)
         except QueueFull as exc:
             raise RateLimited(f"The server is busy ({exc}); retry shortly.") from exc
-        pipelines = [_pipeline(request, constraint, served) for _ in range(n)]
+        pipelines = [_pipeline(request, constraint, served, inside) for _ in range(n)]
         observer = RequestObserver(self._metrics, header.model, started, n)
         chunks = _generate(header, stream, pipelines, len(prompt.token_ids), observer)
         if self._log_content:
@@ -175,32 +178,50 @@ class ChatService:
 
 def _prepare(
     request: ChatCompletionRequest, served: ServedModel, n: int
-) -> tuple[Constraint, list[GrammarMask | None], Prompt]:
-    """The request's grammar, compiled (a 400 if it cannot be enforced), one mask per choice, and
-    the prompt (rendered and tokenized, with the tools)."""
-    constraint = build_constraint(
-        request, served.grammars, served.tool_parser, served.templater.parallel_calls
-    )
+) -> tuple[Constraint, list[GrammarMask | None], Prompt, bool]:
+    """The prompt (rendered with the tools and the reasoning setting, tokenized), the request's
+    grammar, compiled (a 400 if it cannot be enforced; free reasoning first where the model
+    thinks), one mask per choice, and whether the output starts inside a think block."""
+    plan = plan_tools(request, served.templater.parallel_calls)
+    thinking = served.reasoning.plan(request.reasoning_effort)
+    variables = dict(thinking.template_kwargs)
+    if request.verbosity is not None:
+        variables["verbosity"] = request.verbosity
+    tools = plan.tools if plan else ()
+    prompt = served.templater.render(request.messages, tools, variables, thinking.system_flag)
+    inside = served.reasoning.format in ("think", "granite") and prompt.text.rstrip().endswith(THINK_OPEN)
+    first = reasoning_first(served.reasoning.format, thinking.thinks, inside, served.grammars.special_token)
+    constraint = build_constraint(request, served.grammars, served.tool_parser, plan, first)
     masks: list[GrammarMask | None] = [None] * n
     if constraint.grammar is not None:
         masks = [served.grammars.mask(constraint.grammar) for _ in range(n)]
-    tools = constraint.tools.tools if constraint.tools else ()
-    prompt = served.templater.render(request.messages, tools, request.verbosity)
-    return constraint, masks, prompt
+    return constraint, masks, prompt, inside
 
 
-def _pipeline(request: ChatCompletionRequest, constraint: Constraint, served: ServedModel) -> ChoicePipeline:
-    """One choice's pipeline: the model's format parser reads the output when the request has tools."""
-    if constraint.tools is None or constraint.parser is None:
-        decoder, output = IncrementalDecoder(served.tokenizer, frozenset()), OutputDeltas()
-    else:
-        decoder = IncrementalDecoder(served.tokenizer, served.tool_tokens)  # the parser's markers kept
+def _pipeline(
+    request: ChatCompletionRequest, constraint: Constraint, served: ServedModel, inside: bool
+) -> ChoicePipeline:
+    """One choice's pipeline. The model's format is read where it matters: the tool parser when
+    the request has tools, the reasoning parser for a reasoning model (`inside`: the prompt opened
+    its think block), the answer after the reasoning going on to the tool parser."""
+    tools = constraint.tools
+    calls: OutputParser | None = None
+    keep: frozenset[int] = frozenset()
+    if tools is not None and constraint.parser is not None:
+        calls, keep = constraint.parser(tools.tools), served.tool_tokens
+    parser = calls
+    if served.reasoning.format is not None:
+        parser = reasoning_parser(served.reasoning.format, inside, tools.tools if tools else (), calls)
+        keep = keep | served.reasoning_tokens
+    output = OutputDeltas()
+    if parser is not None:
         output = ParsedDeltas(
-            constraint.parser(constraint.tools.tools),
-            constraint.tools.legacy_functions,
+            parser,
+            tools.legacy_functions if tools else False,
             served.templater.call_ids.new,
             streamed=bool(request.stream),
         )
+    decoder = IncrementalDecoder(served.tokenizer, keep)  # the parsers' markers kept for them
     assembler = ChoiceAssembler(decoder, served.tokens, request.stop_sequences, bool(request.logprobs))
     return ChoicePipeline(assembler, output)
 

@@ -86,7 +86,7 @@ class ChatTemplater:
             UserMessage(role="user", content="probe"),
         ]
         try:
-            return _PROBE_TOOL in self._text(probe, (), None)
+            return _PROBE_TOOL in self._text(probe, ())
         except Exception:  # a template may fail on a probe in any way
             return False
 
@@ -103,7 +103,7 @@ class ChatTemplater:
             for place in _TOOL_PLACES:
                 self.tools_from = place
                 try:
-                    if _PROBE_TOOL in self._text(messages, probe, None):
+                    if _PROBE_TOOL in self._text(messages, probe):
                         return place
                 except Exception:  # a template may fail on a probe in any way; that place is out
                     continue
@@ -137,20 +137,28 @@ class ChatTemplater:
             *(ToolMessage(role="tool", content="probe", tool_call_id=i) for i in ids),
         ]
         try:
-            text = self._text(probe, (), None)
+            text = self._text(probe, ())
         except Exception:  # a template may fail on a probe in any way
             return False
         return all(name in text for name in names)
 
     def render(
-        self, messages: list[Message], tools: tuple[ToolSpec, ...] = (), verbosity: str | None = None
+        self,
+        messages: list[Message],
+        tools: tuple[ToolSpec, ...] = (),
+        variables: dict[str, Any] | None = None,
+        system_flag: str | None = None,
     ) -> Prompt:
-        text = self._text(messages, tools, verbosity)
+        """`variables`: what the template is given besides the messages and tools (verbosity,
+        reasoning switches); `system_flag`: text the system prompt ends with (`/no_think`)."""
+        text = self._text(messages, tools, variables, system_flag)
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         marked, ttls = _with_markers(messages)
         if not ttls:
             return Prompt(text, ids)
-        return Prompt(text, ids, self._breakpoints(self._text(marked, tools, verbosity), ttls, text, ids))
+        return Prompt(
+            text, ids, self._breakpoints(self._text(marked, tools, variables, system_flag), ttls, text, ids)
+        )
 
     def _breakpoints(
         self, marked: str, ttls: list[str], text: str, ids: list[int]
@@ -175,9 +183,15 @@ class ChatTemplater:
             out.append((common_prefix(list(head), ids, len(ids)), ttl))
         return tuple(out)
 
-    def _text(self, messages: list[Message], tools: tuple[ToolSpec, ...], verbosity: str | None) -> str:
+    def _text(
+        self,
+        messages: list[Message],
+        tools: tuple[ToolSpec, ...],
+        variables: dict[str, Any] | None = None,
+        system_flag: str | None = None,
+    ) -> str:
         converted = self._convert(messages)
-        extra: dict[str, Any] = {} if verbosity is None else {"verbosity": verbosity}
+        extra: dict[str, Any] = dict(variables or {})
         if tools and self.tools_from == "variable":
             extra["tools"] = template_tools(tools)
         elif tools and self.tools_from == "system message":
@@ -185,7 +199,9 @@ class ChatTemplater:
                 converted.insert(0, {"role": "system", "content": ""})
             converted[0]["tools"] = json.dumps(template_tools(tools), ensure_ascii=False)
         elif tools:
-            _prepend_system(converted, builtin_tool_prompt(tools, self.tool_format.call_instructions))
+            _add_to_system(converted, builtin_tool_prompt(tools, self.tool_format.call_instructions))
+        if system_flag is not None:
+            _add_to_system(converted, system_flag, separator=" ")
         if not self.takes_system and converted and converted[0]["role"] == "system":
             _fold_system(converted)
         continue_final = converted[-1]["role"] == "assistant"
@@ -246,6 +262,11 @@ class ChatTemplater:
         if message.function_call is not None:
             calls.append((None, message.function_call))
         turn: dict[str, Any] = _named({"role": "assistant", "content": content}, message.name)
+        thought = message.reasoning_content or message.reasoning
+        if thought:
+            # Under the names templates read it by: Qwen3-style `reasoning_content`, gpt-oss
+            # `thinking` (its analysis channel). Templates that read neither drop it, as meant.
+            turn["reasoning_content"] = turn["thinking"] = thought
         if not calls:
             return turn
         if self.knows_tool_calls:
@@ -291,9 +312,11 @@ def _with_markers(messages: list[Message]) -> tuple[list[Message], list[str]]:
     return marked, ttls
 
 
-def _prepend_system(turns: list[dict[str, Any]], text: str) -> None:
+def _add_to_system(turns: list[dict[str, Any]], text: str, separator: str = "\n\n") -> None:
+    """`text` after what the leading system turn holds (a system turn made when there is none)."""
     if turns and turns[0]["role"] == "system":
-        turns[0]["content"] = f"{turns[0]['content']}\n\n{text}"
+        held = turns[0]["content"]
+        turns[0]["content"] = f"{held}{separator}{text}" if held else text
     else:
         turns.insert(0, {"role": "system", "content": text})
 

@@ -140,11 +140,12 @@ def marker(text: str, special: SpecialTokenLookup) -> str:
     return f"<[{token_id}]>" if token_id is not None else json.dumps(text)
 
 
-class SteppedParser(ToolCallParser):
-    """A state machine over a buffer of text: each step consumes what it can of the buffer."""
+class TextStateMachine(ABC):
+    """A state machine over a buffer of text arriving piece by piece: each step consumes what it
+    can of the buffer."""
 
-    def __init__(self, tools: tuple[ToolSpec, ...] = ()) -> None:
-        super().__init__(tools)
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
         self._buf = ""
 
     @abstractmethod
@@ -169,6 +170,10 @@ class SteppedParser(ToolCallParser):
         out += self._rest()
         self._buf = ""
         return merge(out)
+
+
+class SteppedParser(TextStateMachine, ToolCallParser):
+    """A tool-call parser that is a TextStateMachine."""
 
 
 class _State(Enum):
@@ -412,8 +417,8 @@ class BlockParser(SteppedParser):
             if at < 0:
                 return False
             body, self._buf = self._buf[:at], self._buf[at + len(self.close_marker) :]
-            self._in_block, self._after_block = False, True
             calls = self.read_block(body)
+            self._in_block, self._after_block = False, calls is not None
             if calls is None:
                 out.append(self.open_marker + body + self.close_marker)
             for name, arguments in calls or []:

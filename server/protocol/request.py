@@ -172,6 +172,10 @@ class AssistantMessage(_History):
     # Output-only citations, present when a client sends a response's message back as history
     # (`messages.append(completion.choices[0].message)`); they do not change the prompt.
     annotations: list[dict[str, Any]] | None = None
+    # The turn's thinking, as reasoning clients send it back (vLLM and OpenRouter name it
+    # `reasoning`; DeepSeek, the Vercel AI SDK and OpenCode `reasoning_content`).
+    reasoning: str | None = None
+    reasoning_content: str | None = None
 
 
 class ToolMessage(_History):

@@ -140,7 +140,7 @@ def test_verbosity_reaches_a_template_that_reads_it(tiny_app: FastAPI) -> None:
     templater = ChatTemplater(tiny_app.state.registry.get("tiny").tokenizer, template)
     messages = ChatCompletionRequest.model_validate({"model": "tiny", "messages": ASK}).messages
     assert templater.reads_verbosity
-    assert templater.render(messages, verbosity="low").text.endswith("[verbosity=low]")
+    assert templater.render(messages, variables={"verbosity": "low"}).text.endswith("[verbosity=low]")
     assert templater.render(messages).text.endswith("[verbosity=unset]")
 
 

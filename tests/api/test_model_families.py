@@ -12,6 +12,7 @@ import asyncio
 import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jsonschema
@@ -21,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from server.protocol.request import ChatCompletionRequest
 from tests.api.conftest import running_app
-from tests.api.test_tool_families import CONTROL_TOKENS, TEMPLATES
+from tests.api.test_tool_families import CONTROL_TOKENS, TEMPLATES, forced_call, thinking_ended
 from tests.api.test_tool_families import FAMILIES as TOOL_FORMATS
 from tests.conftest import tiny_config_yaml
 from tests.unit.test_model_families import FAMILIES, build, reference
@@ -112,22 +113,29 @@ async def test_family(family: str, tokenizer: PreTrainedTokenizerBase, tmp_path:
                 "/v1/chat/completions",
                 json={
                     **bodies[0],
+                    **thinking_ended(served),
                     "response_format": {
                         "type": "json_schema",
                         "json_schema": {"name": "answer", "schema": ANSWER, "strict": True},
                     },
                 },
             )
-            await _forced_call_round_trip(http, served.tool_parser.name)
-    content = alone.json()["choices"][0]["message"]["content"]
-    assert content == replies[-1].json()["choices"][0]["message"]["content"] == streamed
+            await _forced_call_round_trip(http, served)
+    content = _text(alone.json()["choices"][0]["message"])
+    assert content == _text(replies[-1].json()["choices"][0]["message"]) == streamed
     for prompt, reply in zip(prompts, replies, strict=True):
         assert reply.status_code == 200, reply.text
         choice = reply.json()["choices"][0]
         expected = reference_until_eos(model, prompt, vocabulary.eos_token_id)
-        assert choice["message"]["content"] == vocabulary.decode(expected, skip_special_tokens=True), family
+        assert _text(choice["message"]) == vocabulary.decode(expected, skip_special_tokens=True), family
     assert structured.status_code == 200, structured.text
     jsonschema.validate(json.loads(structured.json()["choices"][0]["message"]["content"]), ANSWER)
+
+
+def _text(message: dict) -> str:
+    """What the model wrote: a reasoning model's random words are its reasoning (the DeepSeek-R1
+    prompt opens the think block), then content."""
+    return (message.get("reasoning") or "") + (message.get("content") or "")
 
 
 async def _streamed_text(http: httpx.AsyncClient, body: dict) -> str:
@@ -136,16 +144,17 @@ async def _streamed_text(http: httpx.AsyncClient, body: dict) -> str:
         async for line in response.aiter_lines():
             if line.startswith("data: {"):
                 for choice in json.loads(line[6:])["choices"]:
-                    text.append(choice["delta"].get("content") or "")
+                    text.append(_text(choice["delta"]))
     return "".join(text)
 
 
-async def _forced_call_round_trip(http: httpx.AsyncClient, tool_format: str) -> None:
+async def _forced_call_round_trip(http: httpx.AsyncClient, served: Any) -> None:
     """A forced call in the family's format (the grammar makes random weights write it), then the
     call and its result sent back: the template renders them (a second answer comes)."""
     ask = [{"role": "user", "content": "Weather?"}]
-    body = {"model": "tiny", "messages": ask, "tools": TOOLS, "tool_choice": "required", "max_tokens": 60}
-    first = await http.post("/v1/chat/completions", json={**body, "parallel_tool_calls": False})
+    body = {**forced_call(served), "messages": ask, "tools": TOOLS, "max_tokens": 60}
+    first = await http.post("/v1/chat/completions", json=body)
+    tool_format = served.tool_parser.name
     assert first.status_code == 200, first.text
     choice = first.json()["choices"][0]
     assert choice["finish_reason"] == "tool_calls", (tool_format, choice)

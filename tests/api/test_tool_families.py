@@ -8,6 +8,7 @@ import copy
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jsonschema
@@ -61,6 +62,8 @@ CONTROL_TOKENS = {
     "granite3.jinja": ["<|tool_call|>"],
     "phi4_mini.jinja": ["<|tool_call|>", "<|/tool_call|>"],
     "deepseek_r1.jinja": [
+        "<think>",
+        "</think>",
         "<｜tool▁calls▁begin｜>",
         "<｜tool▁calls▁end｜>",
         "<｜tool▁call▁begin｜>",
@@ -68,6 +71,22 @@ CONTROL_TOKENS = {
         "<｜tool▁call▁end｜>",
     ],
 }
+
+
+# What ends a reasoning model's free thinking, by its reasoning format.
+THINKING_ENDS = {"think": "</think>", "harmony": "<|end|>"}
+
+
+def thinking_ended(served: Any) -> dict:
+    """A reasoning model may think freely before a constrained answer: random weights are pushed
+    to end the thinking at once (the answer after it is what these tests look at)."""
+    end = THINKING_ENDS.get(served.reasoning.format or "")
+    token_id = served.grammars.special_token(end) if end else None
+    return {"logit_bias": {str(token_id): 100}} if token_id is not None else {}
+
+
+def forced_call(served: Any) -> dict:
+    return {**FORCED_CALL, **thinking_ended(served)}
 
 
 def model_with_control_tokens(tokenizer: PreTrainedTokenizerBase, tokens: list[str], folder: Path) -> Path:
@@ -143,8 +162,8 @@ async def test_tools_and_tool_history_render_the_family_way(family: tuple) -> No
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_forced_call_from_random_weights_is_valid(family: tuple, stream: bool) -> None:
-    name, _, client = family
-    kwargs = FORCED_CALL
+    name, served, client = family
+    kwargs = forced_call(served)
     if stream:
         chunks = [c async for c in await client.chat.completions.create(**kwargs, stream=True, max_tokens=80)]
         calls = [tc for c in chunks for ch in c.choices for tc in ch.delta.tool_calls or []]
@@ -173,7 +192,7 @@ async def test_a_response_and_foreign_ids_go_back_as_history(family: tuple) -> N
     ids not its own); so does a history whose ids came from elsewhere (`call_...`), mapped the same
     way in the call and in its result."""
     name, served, client = family
-    first = await client.chat.completions.create(**FORCED_CALL, max_tokens=80)
+    first = await client.chat.completions.create(**forced_call(served), max_tokens=80)
     message = first.choices[0].message
     (call,) = message.tool_calls
     history = [*ASK, message, {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
@@ -246,7 +265,8 @@ async def test_parallel_calls_only_where_the_template_takes_them_back(family: tu
     name, served, client = family
     single = name in ("llama3_json.jinja", "gpt_oss.jinja")
     assert served.templater.parallel_calls is not single
-    ask = {"model": "tiny", "messages": ASK, "tools": TOOLS, "tool_choice": "required", "max_tokens": 120}
+    ask = {**forced_call(served), "max_tokens": 120}
+    del ask["parallel_tool_calls"]
     if single:
         with pytest.raises(openai.BadRequestError) as refused:
             await client.chat.completions.create(**ask, parallel_tool_calls=True)
@@ -262,8 +282,8 @@ async def test_parallel_calls_only_where_the_template_takes_them_back(family: tu
 async def test_a_call_cut_by_max_tokens_is_text_with_finish_reason_length(family: tuple) -> None:
     """Eight tokens are too few for any family's call: the answer is what the model wrote, as
     content, not a call with arguments that are not JSON."""
-    _, _, client = family
-    r = await client.chat.completions.create(**FORCED_CALL, max_tokens=8)
+    _, served, client = family
+    r = await client.chat.completions.create(**forced_call(served), max_tokens=8)
     choice = r.choices[0]
     assert choice.finish_reason == "length"
     assert choice.message.tool_calls is None and choice.message.content
