@@ -286,4 +286,7 @@ async def test_a_call_cut_by_max_tokens_is_text_with_finish_reason_length(family
     r = await client.chat.completions.create(**forced_call(served), max_tokens=8)
     choice = r.choices[0]
     assert choice.finish_reason == "length"
-    assert choice.message.tool_calls is None and choice.message.content
+    assert choice.message.tool_calls is None
+    # What the model wrote is the content, unless it was all thinking (a reasoning model may use
+    # the eight tokens on its reasoning before the call).
+    assert choice.message.content or served.reasoning.format is not None
