@@ -372,11 +372,11 @@ def start(command: list[str], url: str, log: Path) -> subprocess.Popen:
 
 def converted_checkpoint() -> str:
     from server.config import load_config
-    from server.models.loader import _converted_gguf, resolve_source
+    from server.models.loader import converted_gguf, resolve_source
 
     config = load_config(REPO / "models.yaml")
     spec = config.models[0]
-    return _converted_gguf(spec, resolve_source(spec, REPO), config.server)
+    return converted_gguf(spec, resolve_source(spec, REPO), config.server)
 
 
 def targets(args: argparse.Namespace, workdir: Path) -> list[tuple[str, list[str] | None, str, str]]:

@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 from server.api.obfuscation import Obfuscator
 from server.api.sse import event
 from server.config import load_config
-from server.models.loader import _converted_gguf, resolve_source
+from server.models.loader import converted_gguf, resolve_source
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,9 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 def chunks(count: int) -> list[ChatCompletionChunk]:
     config = load_config(REPO / "models.yaml")
     spec = config.models[0]
-    tokenizer = AutoTokenizer.from_pretrained(
-        _converted_gguf(spec, resolve_source(spec, REPO), config.server)
-    )
+    tokenizer = AutoTokenizer.from_pretrained(converted_gguf(spec, resolve_source(spec, REPO), config.server))
     rng = random.Random(0)
     texts = [tokenizer.decode([rng.randrange(tokenizer.vocab_size)]) for _ in range(count)]
     return [

@@ -101,7 +101,10 @@ class ReasoningSettings(_Strict):
 class ModelSpec(_Strict):
     id: Annotated[str, Field(min_length=1, max_length=256)]
     source: ModelSource
-    dtype: Dtype = "auto"
+    dtype: Dtype = "auto"  # the activations' dtype
+    # Linear weights kept as int8 (a scale per row) or int4 (groups of 32): less memory, faster
+    # decoding on the CPU (the CPU only, so far). None: as loaded.
+    quantization: Literal["int8", "int4"] | None = None
     # "auto", "cpu", "cuda", "cuda:N", an accelerate device_map name ("balanced", ...) or a mapping.
     device: str | dict[str, int | str] = "auto"
     context_length: Annotated[int, Field(ge=16)] | None = None

@@ -27,10 +27,10 @@ def default_config() -> ServerConfig:
 @pytest.fixture(scope="session")
 def default_checkpoint(default_config: ServerConfig) -> Path:
     """The default model as a plain checkpoint (converted from its GGUF file once, then cached)."""
-    from server.models.loader import _converted_gguf
+    from server.models.loader import converted_gguf
 
     spec = default_config.models[0]
-    return Path(_converted_gguf(spec, resolve_source(spec, REPO), default_config.server))
+    return Path(converted_gguf(spec, resolve_source(spec, REPO), default_config.server))
 
 
 @pytest.fixture(scope="session")

@@ -40,10 +40,10 @@ def _has_sliding_window(model: PreTrainedModel) -> bool:
 Linear = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _fuse(linears: list[nn.Linear]) -> Linear:
-    """One linear computing the concatenated outputs of `linears`. On the CPU it is pre-packed and
-    the concatenated copy is dropped; elsewhere the originals' weights become views into it, so
-    nothing is held twice."""
+def _fuse(linears: list[nn.Linear], quantize: Callable[[nn.Linear], nn.Module] | None = None) -> Linear:
+    """One linear computing the concatenated outputs of `linears`. Quantized when `quantize` is
+    given; else on the CPU it is pre-packed and the concatenated copy is dropped; elsewhere the
+    originals' weights become views into it, so nothing is held twice."""
     weight = torch.cat([lin.weight.detach() for lin in linears], dim=0)
     has_bias = linears[0].bias is not None
     fused = nn.Linear(
@@ -53,6 +53,8 @@ def _fuse(linears: list[nn.Linear]) -> Linear:
     if has_bias:
         bias = torch.cat([lin.bias.detach() for lin in linears], dim=0)
         fused.bias = nn.Parameter(bias, requires_grad=False)
+    if quantize is not None:
+        return quantize(fused)
     packed = cpu_kernels.packed_only(fused)
     if packed is not None:
         return packed
@@ -114,8 +116,11 @@ class LeanForward:
         )
 
     @classmethod
-    def build(cls, model: PreTrainedModel) -> LeanForward | None:
-        """Fuses the projections of a supported model (in place) and returns its lean forward."""
+    def build(
+        cls, model: PreTrainedModel, quantize: Callable[[nn.Linear], nn.Module] | None = None
+    ) -> LeanForward | None:
+        """Fuses the projections of a supported model (in place; quantized by `quantize` when
+        given) and returns its lean forward."""
         if model.config.model_type not in SUPPORTED_MODEL_TYPES or not _shaped_as_expected(model):
             return None
         if len(set((getattr(model, "hf_device_map", None) or {}).values())) > 1:
@@ -125,8 +130,8 @@ class LeanForward:
         layers = []
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            qkv = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
-            gate_up = _fuse([mlp.gate_proj, mlp.up_proj])
+            qkv = _fuse([attn.q_proj, attn.k_proj, attn.v_proj], quantize)
+            gate_up = _fuse([mlp.gate_proj, mlp.up_proj], quantize)
             layers.append(_Layer(layer, qkv, gate_up))
         return cls(model, layers)
 

@@ -7,9 +7,10 @@ import logging
 import torch
 from transformers import PreTrainedModel
 
-from server.engine import cpu_kernels, kv_cache
+from server.engine import cpu_kernels, kv_cache, quantized
 from server.engine.kv_cache import PrefillSegment, SlotKVCache, StepLayout, UnsupportedAttention
 from server.engine.lean_forward import LeanForward
+from server.engine.quantized import Quantization
 from server.engine.scheduler import Chunk, StepPlan
 from server.engine.sequence import Sequence
 from server.engine.types import SamplingParams
@@ -20,13 +21,23 @@ _PROBE = SamplingParams(max_tokens=1)
 
 
 class ModelRunner:
-    def __init__(self, model: PreTrainedModel, lean: bool = True) -> None:
+    def __init__(
+        self, model: PreTrainedModel, lean: bool = True, quantization: Quantization | None = None
+    ) -> None:
+        """`quantization`: the linear layers' weights kept as int8 or int4 (CPU; see quantized.py)."""
         self.model = model
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.vocab_size = int(model.config.get_text_config().vocab_size)
         kv_cache.install(model)
-        self.lean = LeanForward.build(model) if lean else None
+        quantize = None
+        if quantization is not None:
+            quantized.check_device(model, quantization)
+            quantize = quantized.quantizer(quantization)
+        self.lean = LeanForward.build(model, quantize) if lean else None
+        if quantization is not None:
+            count = quantized.quantize_model(model, quantization)
+            logger.info("weights: %d linear layers kept as %s", count, quantization)
         cpu_kernels.pack_linears(model, skip=self.lean.fused_parts if self.lean else frozenset())
         self.cache = SlotKVCache(model, self.device, self.dtype)
         self._probe_own_forward()

@@ -110,7 +110,7 @@ def load_model(spec: ModelSpec, settings: ServerSettings, base_dir: Path) -> Loa
     warn_about_dtype(spec, dtype, device)
     location, gguf_file = source.location, source.gguf_file
     if gguf_file:
-        location, gguf_file = _converted_gguf(spec, source, settings), None
+        location, gguf_file = converted_gguf(spec, source, settings), None
     logger.info("model %s: loading tokenizer from %s", spec.id, location)
     tokenizer = AutoTokenizer.from_pretrained(
         location, revision=spec.source.revision, trust_remote_code=spec.trust_remote_code
@@ -130,7 +130,7 @@ def load_model(spec: ModelSpec, settings: ServerSettings, base_dir: Path) -> Loa
     return LoadedModel(model, tokenizer, dtype, device if isinstance(device, str) else "device_map")
 
 
-def _converted_gguf(spec: ModelSpec, source: ResolvedSource, settings: ServerSettings) -> str:
+def converted_gguf(spec: ModelSpec, source: ResolvedSource, settings: ServerSettings) -> str:
     """GGUF files take transformers tens of seconds to parse and dequantize; do it once and keep a
     plain checkpoint in the cache, keyed by the file's identity."""
     assert source.gguf_file is not None

@@ -84,9 +84,11 @@ def reference(model: PreTrainedModel, prompt: list[int], new: int) -> list[int]:
     return out[0, len(prompt) :].tolist()
 
 
-def served(model: PreTrainedModel, prompts: list[list[int]], new: int) -> list[list[int]]:
+def served(
+    model: PreTrainedModel, prompts: list[list[int]], new: int, quantization: Any = None
+) -> list[list[int]]:
     """Greedy decoding of all prompts together on the engine's scheduler and KV slots."""
-    runner = ModelRunner(model)
+    runner = ModelRunner(model, quantization=quantization)
     config = EngineConfig(
         max_running=8,
         max_kv_tokens=8 * 256,
