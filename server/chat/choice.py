@@ -38,7 +38,6 @@ class ChoicePipeline:
         self._output = output
         self.completion_tokens = 0
         self.reasoning_tokens = 0
-        self.finished = False
 
     def step(self, out: StepOutput) -> ChoiceStep:
         """Raises for outputs that end the whole request (queue timeout, shutdown, engine failure)."""
@@ -69,7 +68,6 @@ class ChoicePipeline:
         step = ChoiceStep(deltas, delta.logprobs)
         if not finished:
             return self._with_logprobs(step)
-        self.finished = True
         # The one decision: a stop string or an end-of-sequence token is "stop"; the token limit,
         # or a deadline, "length"; a stop that ends calls becomes "tool_calls" (or "function_call").
         ended = "stop" if delta.stopped or out.finish_reason is FinishReason.STOP else "length"

@@ -64,10 +64,8 @@ def build_constraint(
     """`plan`: the request's tools (plan_tools); `reasoning`: what the answer may open with."""
     schema, schema_grammar_text = _response_format(request, compiler)
     if plan is None:
-        if reasoning is None or (schema is None and reasoning.answer_opening is None):
+        if reasoning is None or schema is None:  # free text: a reasoning format is read, not enforced
             return Constraint(schema_grammar_text, None, None)
-        if schema is None:  # harmony, free text: the channels are read, not enforced
-            return Constraint(None, None, None)
         answer = f"answer: {reasoning.answer_opening or ''} {lark_json(schema)}"
         grammar = f"start: reasoning answer\n{reasoning.prefix}\n{answer}"
         _compile(compiler, grammar, "response_format", "The response format after reasoning")

@@ -20,7 +20,10 @@ from server.parsers.reasoning import OutputParser
 class OutputDeltas:
     """Plain text: every text delta is content. Subclassed when a parser reads the output."""
 
-    in_reasoning = False  # whether the text so far ends inside the model's reasoning
+    @property
+    def in_reasoning(self) -> bool:
+        """Whether the text so far ends inside the model's reasoning."""
+        return False
 
     def feed(self, text: str) -> list[ChoiceDelta]:
         return [ChoiceDelta(content=text)] if text else []
@@ -58,7 +61,7 @@ class ParsedDeltas(OutputDeltas):
         self._text: list[str] = []  # what the model wrote, for a call cut short
 
     @property
-    def in_reasoning(self) -> bool:  # type: ignore[override]
+    def in_reasoning(self) -> bool:
         return self._parser.in_reasoning
 
     def feed(self, text: str) -> list[ChoiceDelta]:

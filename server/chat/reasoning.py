@@ -77,7 +77,7 @@ class ReasoningSupport:
         if self.switch == "system_flag":
             return ReasoningPlan({}, "/think" if thinks else "/no_think", thinks)
         assert self.switch is not None
-        return ReasoningPlan({self.switch: thinks}, None, thinks or self.format == "harmony")
+        return ReasoningPlan({self.switch: thinks}, None, thinks)
 
 
 def _switch(template: str) -> Switch:

@@ -58,8 +58,8 @@ class Int4Linear(nn.Module):
         q = ((groups - low[..., None]) / scale[..., None]).round().clamp(0, 15).to(torch.int32)
         self.packed = torch._convert_weight_to_int4pack_for_cpu(q.reshape(rows, cols), 1)
         # [groups, out_features, 2]: the scale and zero of each group of each output row.
-        self.scales_and_zeros = torch.stack([scale, low + 8 * scale], dim=-1).transpose(0, 1).contiguous()
-        self.scales_and_zeros = self.scales_and_zeros.to(torch.bfloat16)
+        pairs = torch.stack([scale, low + 8 * scale], dim=-1).transpose(0, 1)
+        self.scales_and_zeros = pairs.contiguous().to(torch.bfloat16)
         self.bias = None if linear.bias is None else linear.bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -116,6 +116,7 @@ class ThinkParser(TextStateMachine):
 class GraniteParser(ThinkParser):
     name = "granite"
     answer_tags = ("<response>", "</response>")
+    syntax_markers = (*ThinkParser.syntax_markers, *answer_tags)
 
 
 def think_prefix(special: SpecialTokenLookup, inside: bool) -> str:
@@ -168,6 +169,6 @@ def reasoning_format_for_template(template: str) -> ReasoningFormatName | None:
 
 SYNTAX_MARKERS: dict[ReasoningFormatName, tuple[str, ...]] = {
     "think": ThinkParser.syntax_markers,
-    "granite": (*ThinkParser.syntax_markers, "<response>", "</response>"),
+    "granite": GraniteParser.syntax_markers,
     "harmony": HarmonyParser.syntax_markers,
 }
