@@ -20,17 +20,33 @@ import torch.nn.functional as F
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface
 
+from server.engine.types import PREFILL_BLOCK
+
 ATTENTION_NAME = "openweights_slots"
 BATCH_KWARG = "openweights_batch"
 
 
 @dataclass(slots=True)
 class PrefillSegment:
+    """A prompt chunk of one sequence. Its rows attend in blocks whose bounds are multiples of the
+    step's block size in the sequence's own positions, each block over exactly the keys up to its
+    end: a row's attention is then the same computation however the prompt was cut into chunks
+    (the scheduler ends a chunk on a block bound unless it ends the prompt) and whatever else the
+    step holds, so greedy answers do not depend on the other requests."""
+
     offset: int  # where the chunk's tokens sit in the packed batch
     length: int
     slot: int
     past: int  # tokens of this sequence already in the cache
-    causal_mask: torch.Tensor | None = None  # [length, past + length], None when past == 0
+
+    def blocks(self, size: int) -> list[tuple[int, int]]:
+        """[start, end) positions of the chunk's query blocks."""
+        out, start, end = [], self.past, self.past + self.length
+        while start < end:
+            stop = min(end, (start // size + 1) * size)
+            out.append((start, stop))
+            start = stop
+        return out
 
 
 @dataclass(slots=True)
@@ -46,8 +62,14 @@ class StepLayout:
     decode_contiguous: bool  # decode slots are exactly 0..decodes-1 in order
     prefills: list[PrefillSegment] = field(default_factory=list)
     decode_last: torch.Tensor | None = None  # [decode_rows] the position each row's query sits at
-    # Masks of sliding-window layers, made once per step: (segment offset or -1 for decodes, window).
-    window_masks: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    # Each decode row attends alone, over exactly its own keys: (slot, keys held) per decode. Slower
+    # at many rows than one call over the padded batch, but a row's result is then the same beside
+    # any others (a padded call sums in an order that depends on the longest row).
+    decode_rows_alone: list[tuple[int, int]] | None = None
+    block: int = PREFILL_BLOCK
+    # Masks made once per step, shared by the layers: keyed by (-1, window) for the decode rows,
+    # (start, end, window) for a prompt block.
+    masks: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
 
     @property
     def num_decodes(self) -> int:
@@ -57,7 +79,7 @@ class StepLayout:
         """The decode rows' additive mask, with keys older than `window` hidden too."""
         if window is None or self.decode_bias is None or self.decode_last is None:
             return self.decode_bias
-        mask = self.window_masks.get((-1, window))
+        mask = self.masks.get((-1, window))
         if mask is None:
             old = torch.arange(self.decode_len, device=self.decode_last.device) <= (
                 self.decode_last - window
@@ -65,20 +87,24 @@ class StepLayout:
             mask = self.decode_bias.masked_fill(
                 old.view(self.decode_rows, 1, 1, self.decode_len), float("-inf")
             )
-            self.window_masks[(-1, window)] = mask
+            self.masks[(-1, window)] = mask
         return mask
 
-    def prefill_mask(self, seg: PrefillSegment, window: int | None) -> torch.Tensor | None:
-        """A prompt chunk's boolean mask (True: attend): causal, and within `window` when given."""
-        if window is None:
-            return seg.causal_mask
-        mask = self.window_masks.get((seg.offset, window))
+    def block_mask(self, start: int, end: int, first_key: int, window: int | None) -> torch.Tensor | None:
+        """The boolean mask (True: attend) of query rows [start, end) over keys [first_key, end):
+        causal, and within `window` when given; None when plain causal attention is exactly it."""
+        if start == first_key and (window is None or end - first_key <= window):
+            return None
+        key = (start, end, -1 if window is None else window)
+        mask = self.masks.get(key)
         if mask is None:
             device = self.decode_slots.device
-            rows = torch.arange(seg.length, device=device).unsqueeze(1) + seg.past
-            cols = torch.arange(seg.past + seg.length, device=device).unsqueeze(0)
-            mask = (cols <= rows) & (cols > rows - window)
-            self.window_masks[(seg.offset, window)] = mask
+            rows = torch.arange(start, end, device=device).unsqueeze(1)
+            cols = torch.arange(first_key, end, device=device).unsqueeze(0)
+            mask = cols <= rows
+            if window is not None:
+                mask &= cols > rows - window
+            self.masks[key] = mask
         return mask
 
 
@@ -160,7 +186,6 @@ def slot_attention(
     kv_heads = key.shape[1]
     group = heads // kv_heads
     scale = scaling if scaling is not None else head_dim**-0.5
-    explicit = softcap is not None or s_aux is not None
     out = query.new_empty((tokens, heads, head_dim))
 
     decodes = layout.num_decodes
@@ -171,41 +196,76 @@ def slot_attention(
         values[layout.decode_slots, :, layout.decode_positions] = new_v
         # Query heads sharing a kv head become that head's "queries": one SDPA call, no repeat.
         q = query[0, :, :decodes].transpose(0, 1).reshape(decodes, kv_heads, group, head_dim)
-        if not layout.decode_contiguous:
-            rows = q.new_zeros((layout.decode_rows, kv_heads, group, head_dim))
-            rows[layout.decode_slots] = q
-            q = rows
-        k = keys[: layout.decode_rows, :, : layout.decode_len]
-        v = values[: layout.decode_rows, :, : layout.decode_len]
-        mask = layout.decode_mask(sliding_window)
-        if explicit:
-            sinks = None if s_aux is None else s_aux.view(kv_heads, group, 1)
-            attended = _explicit_attention(q, k, v, mask, scale, softcap, sinks)
+        sinks = None if s_aux is None else s_aux.view(kv_heads, group, 1)
+        if layout.decode_rows_alone is not None:
+            parts = []
+            for i, (slot, held) in enumerate(layout.decode_rows_alone):
+                first = 0 if sliding_window is None else max(0, held - sliding_window)
+                k, v = keys[slot : slot + 1, :, first:held], values[slot : slot + 1, :, first:held]
+                parts.append(_attend_grouped(q[i : i + 1], k, v, None, scale, softcap, sinks))
+            attended = torch.cat(parts)
         else:
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-        if not layout.decode_contiguous:
-            attended = attended[layout.decode_slots]
+            if not layout.decode_contiguous:
+                rows = q.new_zeros((layout.decode_rows, kv_heads, group, head_dim))
+                rows[layout.decode_slots] = q
+                q = rows
+            k = keys[: layout.decode_rows, :, : layout.decode_len]
+            v = values[: layout.decode_rows, :, : layout.decode_len]
+            mask = layout.decode_mask(sliding_window)
+            attended = _attend_grouped(q, k, v, mask, scale, softcap, sinks)
+            if not layout.decode_contiguous:
+                attended = attended[layout.decode_slots]
         out[:decodes] = attended.reshape(decodes, heads, head_dim)
 
     for seg in layout.prefills:
         end = seg.past + seg.length
         keys[seg.slot, :, seg.past : end] = key[0, :, seg.offset : seg.offset + seg.length]
         values[seg.slot, :, seg.past : end] = value[0, :, seg.offset : seg.offset + seg.length]
-        q = query[:, :, seg.offset : seg.offset + seg.length]
-        k, v = keys[seg.slot : seg.slot + 1, :, :end], values[seg.slot : seg.slot + 1, :, :end]
-        mask = layout.prefill_mask(seg, sliding_window)
-        if explicit:
-            if mask is None:
-                mask = torch.ones(seg.length, end, dtype=torch.bool, device=q.device).tril(seg.past)
-            sinks = None if s_aux is None else s_aux.view(1, heads, 1, 1)
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-            attended = _explicit_attention(q, k, v, mask, scale, softcap, sinks)
-        else:
-            attended = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=group > 1
-            )
-        out[seg.offset : seg.offset + seg.length] = attended[0].transpose(0, 1)
+        for start, stop in seg.blocks(layout.block):
+            at = seg.offset + start - seg.past
+            first = 0 if sliding_window is None else max(0, start - sliding_window + 1)
+            q = query[:, :, at : at + stop - start]
+            k = keys[seg.slot : seg.slot + 1, :, first:stop]
+            v = values[seg.slot : seg.slot + 1, :, first:stop]
+            mask = layout.block_mask(start, stop, first, sliding_window)
+            attended = _attend_rows(q, k, v, mask, scale, softcap, s_aux)
+            out[at : at + stop - start] = attended[0].transpose(0, 1)
     return out.unsqueeze(0), None
+
+
+def _attend_grouped(
+    q: torch.Tensor,  # [batch, kv_heads, group, head_dim]: one query row, its heads grouped by kv head
+    k: torch.Tensor,  # [batch, kv_heads, keys, head_dim]
+    v: torch.Tensor,
+    mask: torch.Tensor | None,  # additive [batch, 1, 1, keys], or None: every key
+    scale: float,
+    softcap: float | None,
+    sinks: torch.Tensor | None,  # [kv_heads, group, 1]
+) -> torch.Tensor:
+    if softcap is None and sinks is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    return _explicit_attention(q, k, v, mask, scale, softcap, sinks)
+
+
+def _attend_rows(
+    q: torch.Tensor,  # [1, heads, rows, head_dim]: prompt rows, the last `rows` positions of the keys
+    k: torch.Tensor,  # [1, kv_heads, keys, head_dim]
+    v: torch.Tensor,
+    mask: torch.Tensor | None,  # bool [rows, keys] (True: attend), or None: causal, rows == keys
+    scale: float,
+    softcap: float | None,
+    s_aux: torch.Tensor | None,  # [heads]
+) -> torch.Tensor:
+    heads, rows, group = q.shape[1], q.shape[2], q.shape[1] // k.shape[1]
+    if softcap is None and s_aux is None:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=group > 1
+        )
+    if mask is None:
+        mask = torch.ones(rows, k.shape[2], dtype=torch.bool, device=q.device).tril(k.shape[2] - rows)
+    sinks = None if s_aux is None else s_aux.view(1, heads, 1, 1)
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    return _explicit_attention(q, k, v, mask, scale, softcap, sinks)
 
 
 def _refuse_unknown(kwargs: dict[str, object]) -> None:

@@ -22,9 +22,16 @@ _PROBE = SamplingParams(max_tokens=1)
 
 class ModelRunner:
     def __init__(
-        self, model: PreTrainedModel, lean: bool = True, quantization: Quantization | None = None
+        self,
+        model: PreTrainedModel,
+        lean: bool = True,
+        quantization: Quantization | None = None,
+        decode_rows_alone: bool | None = None,
     ) -> None:
-        """`quantization`: the linear layers' weights kept as int8 or int4 (CPU; see quantized.py)."""
+        """`quantization`: the linear layers' weights kept as int8 or int4 (CPU; see quantized.py).
+        `decode_rows_alone`: each decode row attends in a call of its own, over exactly its keys, so
+        that its result does not depend on the other rows (see StepLayout); default: when quantized,
+        whose bfloat16 rounding makes the padded call's last-bit differences visible."""
         self.model = model
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -35,6 +42,7 @@ class ModelRunner:
             quantized.check_device(model, quantization)
             quantize = quantized.quantizer(quantization)
         self.lean = LeanForward.build(model, quantize) if lean else None
+        self.decode_rows_alone = quantization is not None if decode_rows_alone is None else decode_rows_alone
         if quantization is not None:
             count = quantized.quantize_model(model, quantization)
             logger.info("weights: %d linear layers kept as %s", count, quantization)
@@ -71,9 +79,7 @@ class ModelRunner:
             ids.extend(chunk.seq.token_ids[chunk.start : chunk.start + chunk.length])
             positions.extend(range(chunk.start, chunk.start + chunk.length))
             assert chunk.seq.slot is not None
-            segments.append(
-                PrefillSegment(offset, chunk.length, chunk.seq.slot, chunk.start, self._causal(chunk))
-            )
+            segments.append(PrefillSegment(offset, chunk.length, chunk.seq.slot, chunk.start))
             if chunk.samples:
                 sample_at.append(len(ids) - 1)
         layout = self._layout(plan, segments)
@@ -142,13 +148,6 @@ class ModelRunner:
                 return False
         return True
 
-    def _causal(self, chunk: Chunk) -> torch.Tensor | None:
-        if chunk.start == 0:
-            return None
-        rows = torch.arange(chunk.length, device=self.device).unsqueeze(1) + chunk.start
-        cols = torch.arange(chunk.start + chunk.length, device=self.device).unsqueeze(0)
-        return cols <= rows
-
     def _layout(self, plan: StepPlan, segments: list[PrefillSegment]) -> StepLayout:
         slots = [c.seq.slot for c in plan.decodes]
         positions = [c.start for c in plan.decodes]
@@ -172,4 +171,8 @@ class ModelRunner:
             decode_contiguous=slots == list(range(len(slots))),
             prefills=segments,
             decode_last=None if last is None else last.to(self.device),
+            decode_rows_alone=[(s, p + 1) for s, p in zip(slots, positions, strict=True)]  # type: ignore[misc]
+            if self.decode_rows_alone
+            else None,
+            block=plan.block,
         )

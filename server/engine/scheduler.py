@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from server.engine.pins import PinTable
 from server.engine.sequence import SeqState, Sequence
 from server.engine.slots import MIN_REUSE_TOKENS, PrefixMatch, SlotTable
-from server.engine.types import EngineConfig, QueueFull
+from server.engine.types import PREFILL_BLOCK, EngineConfig, QueueFull
 
 
 @dataclass(slots=True)
@@ -45,6 +45,7 @@ class StepPlan:
     decodes: list[Chunk] = field(default_factory=list)
     prefills: list[Chunk] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    block: int = PREFILL_BLOCK  # prompt chunks end on multiples of this position (or at the prompt's end)
 
     @property
     def chunks(self) -> list[Chunk]:
@@ -64,6 +65,10 @@ class Scheduler:
         self.pins = PinTable(config.max_pinned_slots, clock)
         self.table = SlotTable(config.max_running, self.pins)
         self.capacity = config.min_capacity
+        # Prompt chunks end and cached prefixes are reused on multiples of this (see
+        # kv_cache.PrefillSegment): the configured block, or less if the budget left beside a full
+        # batch of decodes would not hold one.
+        self.block = max(1, min(config.prefill_block, config.max_batch_tokens - config.max_running))
         self.preemptions = 0  # how many times a running sequence was preempted, in all
         self._arrivals = 0
 
@@ -142,7 +147,7 @@ class Scheduler:
         return min(capacity, max(self.config.context_length, self.config.min_capacity))
 
     def schedule(self) -> StepPlan:
-        plan = StepPlan(0, 0)
+        plan = StepPlan(0, 0, block=self.block)
         self._fit_layout(plan)
         budget = self.config.max_batch_tokens
         for seq in sorted(self.running, key=lambda s: s.slot or 0):
@@ -150,8 +155,8 @@ class Scheduler:
                 plan.decodes.append(Chunk(seq, seq.num_computed, 1))
         budget -= len(plan.decodes)
         for seq in self.running:
-            if not seq.is_decoding and budget > 0:
-                length = min(seq.pending, budget)
+            length = 0 if seq.is_decoding else self._chunk_length(seq, budget)
+            if length:
                 plan.prefills.append(Chunk(seq, seq.num_computed, length))
                 budget -= length
         self._admit(plan, budget)
@@ -162,6 +167,13 @@ class Scheduler:
         """After the forward pass: the scheduled tokens' KV is in the cache."""
         for chunk in plan.chunks:
             chunk.seq.num_computed = chunk.start + chunk.length
+
+    def _chunk_length(self, seq: Sequence, budget: int) -> int:
+        """The prompt tokens `seq` reads this step: the rest of it if the budget holds it, else up to
+        the last block bound the budget reaches (see kv_cache.PrefillSegment)."""
+        if seq.pending <= budget:
+            return seq.pending
+        return max(0, (seq.num_computed + budget) // self.block * self.block - seq.num_computed)
 
     def _fit_layout(self, plan: StepPlan) -> None:
         """Grows the capacity for the longest running sequence; preempts what no longer fits."""
@@ -200,8 +212,10 @@ class Scheduler:
 
     def _admit(self, plan: StepPlan, budget: int) -> None:
         deferred: list[Sequence] = []
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_running:
+        while self.waiting and len(self.running) < self.config.max_running:
             seq = self.waiting[0]
+            if budget < min(self.block, seq.pending):
+                break  # no room for a chunk that ends on a block bound
             capacity = self._capacity_for(len(seq.token_ids))
             usable = self.usable_slots(capacity)
             if len(self.running) + 1 > usable:
@@ -212,6 +226,7 @@ class Scheduler:
             match = self.table.best_prefix(seq.token_ids, len(seq.token_ids) - 1, usable)
             if not seq.readmitted:  # a sequence back in the batch takes its own KV as it is
                 match = _allowed(match, seq.cache.reuse_at)
+            match = _aligned(match, self.block)
             target = self._slot_for(match, usable, seq.cache.key)
             if target is None:
                 break
@@ -232,7 +247,7 @@ class Scheduler:
                 seq.num_computed = match.tokens
                 if not seq.readmitted:
                     seq.cached_tokens = min(match.tokens, seq.num_prompt)
-            length = min(seq.pending, budget)
+            length = self._chunk_length(seq, budget)
             plan.prefills.append(Chunk(seq, seq.num_computed, length))
             budget -= length
         self.waiting.extendleft(reversed(deferred))
@@ -259,6 +274,17 @@ class Scheduler:
             if shared >= MIN_REUSE_TOKENS and other.token_ids[:shared] == seq.token_ids[:shared]:
                 return True
         return False
+
+
+def _aligned(match: PrefixMatch | None, block: int) -> PrefixMatch | None:
+    """The match cut back to a block bound: the prompt's rows after it are then read in the same
+    blocks as without the cache (kv_cache.PrefillSegment), so a cached prompt gets the same answer."""
+    if match is None:
+        return None
+    length = match.tokens // block * block
+    if length < MIN_REUSE_TOKENS:
+        return None
+    return match if length == match.tokens else PrefixMatch(match.slot, length, match.adopt, match.continues)
 
 
 def _allowed(match: PrefixMatch | None, reuse_at: tuple[int, ...] | None) -> PrefixMatch | None:

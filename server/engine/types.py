@@ -12,6 +12,10 @@ import torch
 # allowed), or None for "no constraint". Structured outputs and tool calls plug in here.
 TokenMaskFn = Callable[[list[int]], torch.Tensor | None]
 
+# Prompt rows attend in blocks of this many positions; prompt chunks end, and cached prefixes are
+# reused, on multiples of it (see kv_cache.PrefillSegment).
+PREFILL_BLOCK = 32
+
 
 class FinishReason(enum.Enum):
     STOP = "stop"  # an end-of-sequence token (stop strings are the chat layer's business)
@@ -97,6 +101,7 @@ class EngineConfig:
     min_capacity: int = 256  # first per-slot capacity; doubles as sequences grow
     context_length: int = 8192  # no sequence is longer
     max_pinned_slots: int = 8  # slots that pinned prefixes may hold (prompt cache breakpoints)
+    prefill_block: int = PREFILL_BLOCK  # 1: chunks and reused prefixes of any length (not exact)
 
 
 @dataclass(slots=True, frozen=True)

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from server.app import create_app
 from server.config import load_config
+from server.engine.types import PREFILL_BLOCK
 from server.protocol.request import ChatCompletionRequest
 from tests.conftest import tiny_config_yaml
 
@@ -99,7 +100,7 @@ async def test_seed_under_load(client: openai.AsyncOpenAI) -> None:
 async def test_prefix_reuse_reports_cached_tokens(client: openai.AsyncOpenAI) -> None:
     system = {
         "role": "system",
-        "content": "You are a careful assistant who answers in one short sentence. " * 4,
+        "content": "You are a careful assistant who answers in one short sentence. " * 8,
     }
     first = await client.chat.completions.create(
         model="tiny", messages=[system, {"role": "user", "content": "Hi"}], temperature=0, max_tokens=5
@@ -113,9 +114,11 @@ async def test_prefix_reuse_reports_cached_tokens(client: openai.AsyncOpenAI) ->
     again = await client.chat.completions.create(
         model="tiny", messages=[system, {"role": "user", "content": "Hi"}], temperature=0, max_tokens=5
     )
-    system_tokens = 40  # the shared system turn alone is well over this many tokens
-    assert second.usage.prompt_tokens_details.cached_tokens >= system_tokens
-    assert again.usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens - 1
+    # A reused prefix is cut to a block bound (the rows after it are read as without the cache).
+    system_tokens = 80  # the shared system turn alone is well over this many tokens
+    assert second.usage.prompt_tokens_details.cached_tokens >= system_tokens // PREFILL_BLOCK * PREFILL_BLOCK
+    expected = (first.usage.prompt_tokens - 1) // PREFILL_BLOCK * PREFILL_BLOCK
+    assert again.usage.prompt_tokens_details.cached_tokens == expected
     assert again.choices[0].message.content == first.choices[0].message.content
 
 

@@ -28,6 +28,7 @@ def scheduler(clock: Clock, max_running: int = 4, max_pinned_slots: int = 2) -> 
         min_capacity=128,
         context_length=1024,
         max_pinned_slots=max_pinned_slots,
+        prefill_block=1,  # reuse at any length; block bounds: tests/unit/test_scheduler.py
     )
     return Scheduler(config, clock)
 

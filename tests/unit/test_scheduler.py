@@ -25,7 +25,16 @@ def run(scheduler: Scheduler) -> StepPlan:
 
 
 def config(**overrides: float | None) -> EngineConfig:
-    base = dict(max_running=4, max_kv_tokens=4 * 1024, max_batch_tokens=64, max_waiting=8, min_capacity=64)
+    """The scheduler's mechanics with chunks and reused prefixes of any length (prefill_block 1);
+    the block bounds have tests of their own."""
+    base = dict(
+        max_running=4,
+        max_kv_tokens=4 * 1024,
+        max_batch_tokens=64,
+        max_waiting=8,
+        min_capacity=64,
+        prefill_block=1,
+    )
     return EngineConfig(**{**base, **overrides}, context_length=1024)
 
 
@@ -44,20 +53,23 @@ def test_admits_in_order_up_to_max_running() -> None:
 
 
 def test_long_prompt_is_chunked_while_others_decode() -> None:
-    s = Scheduler(config(max_batch_tokens=32))
+    s = Scheduler(config(max_batch_tokens=32, prefill_block=32))
     short = seq("short", 5)
     s.add([short])
     run(s)
     long = seq("long", 100, 5000)
     s.add([long])
-    lengths = []
-    for _ in range(4):
+    assert s.block == 28  # what 32 tokens hold beside 4 decodes
+    ends = []
+    while long.num_computed < 100:
         plan = run(s)
         assert [ch.seq for ch in plan.decodes] == [short]  # the running stream keeps producing
-        lengths += [ch.length for ch in plan.prefills]
+        ends += [ch.start + ch.length for ch in plan.prefills]
         assert sum(ch.length for ch in plan.chunks) <= 32
-    assert lengths == [31, 31, 31, 7]
-    assert long.num_computed == 100 and len(long.token_ids) == 101
+    # Each chunk ends on a block bound (so a prompt row attends the same however it is cut) or at the
+    # prompt's end; chunks take what the budget holds of that.
+    assert ends == [28, 56, 84, 100]
+    assert len(long.token_ids) == 101
 
 
 def test_queue_full_refuses_whole_request() -> None:
@@ -102,6 +114,25 @@ def test_aborting_a_waiting_sequence_removes_it() -> None:
     run(s)
     s.finish(b)
     assert b not in s.waiting and b.state is SeqState.FINISHED
+
+
+def test_a_reused_prefix_is_cut_to_a_block_bound() -> None:
+    """The rows after the reused prefix are then read in the blocks a fresh prompt reads them in:
+    a cached prompt gets bitwise the same answer (tests/unit/test_batch_invariance.py)."""
+    s = Scheduler(config(max_batch_tokens=512, prefill_block=32))
+    first = seq("first", 70)
+    s.add([first])
+    run(s)
+    s.finish(first)
+    again = Sequence("again", list(first.token_ids), 71, PARAMS)
+    s.add([again])
+    plan = run(s)
+    assert again.cached_tokens == 64 and [(ch.start, ch.length) for ch in plan.prefills] == [(64, 7)]
+    s.finish(again)
+    short = Sequence("short", list(first.token_ids[:31]), 31, PARAMS)  # shares less than one block
+    s.add([short])
+    plan = run(s)
+    assert short.cached_tokens == 0 and [(ch.start, ch.length) for ch in plan.prefills] == [(0, 31)]
 
 
 def test_prefix_of_a_finished_sequence_is_reused_in_place() -> None:
