@@ -19,10 +19,14 @@ steady window, from the moment every worker is streaming to the moment the first
 requests (ramp-up and drain excluded); the overall rate (all tokens / level time) is kept too.
 
 Reported: TTFT p50/p95, inter-token latency p50, aggregate output tokens/s, errors, peak RSS of
-the server process. Yardsticks: (a)
-scripts/reference_server.py, one generate() + TextIteratorStreamer per request; (b) `transformers
-serve --continuous-batching` on the default model converted to a plain checkpoint. Writes a JSON
-file and prints a table with our/yardstick ratios (only ratios from one run mean anything here).
+the server process. Yardsticks: (a) `reference`: scripts/reference_server.py, one generate() +
+TextIteratorStreamer per request; (b) `transformers`: `transformers serve --continuous-batching` on
+the default model converted to a plain checkpoint; (c) `llama`: llama.cpp's `llama-server` on the
+default model's own GGUF file, one slot per stream of the highest level, every core (built once by
+scripts/llama_server.py, about 10 minutes). Writes a JSON file and prints a table with
+our/yardstick ratios (only ratios from one run mean anything here).
+
+    .venv/bin/python scripts/bench.py --targets ours,llama --levels 1,16 --tokens 128
 """
 
 from __future__ import annotations
@@ -146,6 +150,7 @@ class LevelResult:
     requests: int
     errors: int
     output_tokens: int
+    error_messages: list[str]  # the first few, as the client saw them
     seconds: float
     tokens_per_s: float  # in the steady window when it exists, else overall
     overall_tokens_per_s: float
@@ -209,6 +214,24 @@ def _children(pid: int) -> list[int]:
 
 
 async def one_request(
+    client: httpx.AsyncClient,
+    url: str,
+    model: str,
+    prompt: str,
+    tokens: int,
+    workload: str = "plain",
+    progress: asyncio.Event | None = None,
+    progress_after: int = 1,
+) -> RequestResult:
+    """One streamed request, sent again once if a kept-alive connection turned out closed before
+    any response (llama-server closes idle ones; a stale pooled connection is the client's concern)."""
+    result = await _one_attempt(client, url, model, prompt, tokens, workload, progress, progress_after)
+    if result.error and result.error.startswith("RemoteProtocolError") and not result.chunk_times:
+        result = await _one_attempt(client, url, model, prompt, tokens, workload, progress, progress_after)
+    return result
+
+
+async def _one_attempt(
     client: httpx.AsyncClient,
     url: str,
     model: str,
@@ -346,6 +369,7 @@ def summarize(
         requests=len(results),
         errors=len(results) - len(ok),
         output_tokens=tokens,
+        error_messages=[r.error for r in results if r.error is not None][:3],
         seconds=round(seconds, 2),
         tokens_per_s=overall if steady is None else steady,
         overall_tokens_per_s=overall,
@@ -377,6 +401,40 @@ def converted_checkpoint() -> str:
     config = load_config(REPO / "models.yaml")
     spec = config.models[0]
     return converted_gguf(spec, resolve_source(spec, REPO), config.server)
+
+
+def default_gguf() -> Path:
+    """The default model's GGUF file, as models.yaml names it."""
+    from server.config import load_config
+    from server.models.loader import resolve_source
+
+    spec = load_config(REPO / "models.yaml").models[0]
+    source = resolve_source(spec, REPO)
+    assert source.gguf_file, "the first model of models.yaml is not a GGUF file"
+    return Path(source.location) / source.gguf_file
+
+
+def llama_command(args: argparse.Namespace, port: int) -> list[str]:
+    from scripts.llama_server import build
+
+    slots = max(int(c) for c in args.levels.split(","))
+    per_slot = 1024  # a prompt of the set and --tokens of output fit with room to spare
+    return [
+        str(build()),
+        "--model",
+        str(default_gguf()),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--parallel",
+        str(slots),
+        "--ctx-size",
+        str(slots * max(per_slot, 2 * args.tokens + 256)),
+        "--threads",
+        str(os.cpu_count() or 2),
+        "--no-webui",
+    ]
 
 
 def targets(args: argparse.Namespace, workdir: Path) -> list[tuple[str, list[str] | None, str, str]]:
@@ -435,6 +493,9 @@ def targets(args: argparse.Namespace, workdir: Path) -> list[tuple[str, list[str
             checkpoint,
         ]
         out.append(("transformers-serve-cb", command, f"http://127.0.0.1:{port}", checkpoint))
+    if "llama" in chosen:
+        port = free_port()
+        out.append(("llama-server", llama_command(args, port), f"http://127.0.0.1:{port}", args.model))
     return out
 
 
@@ -538,7 +599,7 @@ def main() -> int:
                     levels.append(level)
                     print(
                         f"  {name} {workload} c={concurrency}: {level.tokens_per_s:.1f} tok/s, "
-                        f"{level.errors} errors",
+                        f"{level.errors} errors {level.error_messages or ''}",
                         flush=True,
                     )
         finally:
