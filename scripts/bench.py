@@ -223,26 +223,10 @@ async def one_request(
     progress: asyncio.Event | None = None,
     progress_after: int = 1,
 ) -> RequestResult:
-    """One streamed request, sent again once if a kept-alive connection turned out closed before
-    any response (llama-server closes idle ones; a stale pooled connection is the client's concern)."""
-    result = await _one_attempt(client, url, model, prompt, tokens, workload, progress, progress_after)
-    if result.error and result.error.startswith("RemoteProtocolError") and not result.chunk_times:
-        result = await _one_attempt(client, url, model, prompt, tokens, workload, progress, progress_after)
-    return result
-
-
-async def _one_attempt(
-    client: httpx.AsyncClient,
-    url: str,
-    model: str,
-    prompt: str,
-    tokens: int,
-    workload: str = "plain",
-    progress: asyncio.Event | None = None,
-    progress_after: int = 1,
-) -> RequestResult:
     """One streamed request; `progress` is set once `progress_after` content chunks have arrived (or
-    the request has ended, whatever happened)."""
+    the request has ended, whatever happened). Sent again once if a kept-alive connection turned
+    out closed before any response (llama-server closes idle ones; a stale pooled connection is the
+    client's concern, not the server's)."""
     extra = dict(WORKLOADS[workload])
     system = extra.pop("system", None)
     body = {
@@ -255,6 +239,19 @@ async def _one_attempt(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    result = await _stream(client, url, body, progress, progress_after)
+    if result.error and result.error.startswith("RemoteProtocolError") and not result.chunk_times:
+        result = await _stream(client, url, body, progress, progress_after)
+    return result
+
+
+async def _stream(
+    client: httpx.AsyncClient,
+    url: str,
+    body: dict[str, object],
+    progress: asyncio.Event | None,
+    progress_after: int,
+) -> RequestResult:
     result = RequestResult()
     started = last = result.started = time.perf_counter()
     try:

@@ -2,7 +2,9 @@
 
 Layout: per layer, one key and one value tensor of shape [slots, kv_heads, capacity, head_dim]. A
 running sequence owns a slot; its tokens' keys and values sit contiguously in it, so the decode
-tokens of the whole batch attend with one SDPA call over a view of the pool (no gather, no copy).
+tokens of the whole batch attend with one SDPA call over a view of the pool (no gather, no copy),
+or each in a call of its own over exactly its keys where the result must not depend on the batch
+(see StepLayout.decode_rows_alone); prompt rows attend in fixed blocks (see PrefillSegment).
 The capacity grows lazily (doubling) with the longest sequence; the slot count times the capacity
 never exceeds the configured KV budget (the scheduler decides both, see `Scheduler.plan`).
 

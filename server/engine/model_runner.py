@@ -153,8 +153,10 @@ class ModelRunner:
         positions = [c.start for c in plan.decodes]
         rows = (max(slots) + 1) if slots else 0  # type: ignore[type-var, operator]  # decodes hold slots
         length = (max(positions) + 1) if positions else 0
-        bias = last = None
-        if slots:
+        bias = last = alone = None
+        if self.decode_rows_alone:  # each row over its own keys: no padded mask to build
+            alone = [(slot, position + 1) for slot, position in zip(slots, positions, strict=True)]
+        elif slots:
             last = torch.zeros(rows, dtype=torch.long)  # rows of slots not decoding see position 0 only
             last[torch.tensor(slots)] = torch.tensor(positions)
             visible = torch.arange(length).unsqueeze(0) <= last.unsqueeze(1)
@@ -171,8 +173,6 @@ class ModelRunner:
             decode_contiguous=slots == list(range(len(slots))),
             prefills=segments,
             decode_last=None if last is None else last.to(self.device),
-            decode_rows_alone=[(s, p + 1) for s, p in zip(slots, positions, strict=True)]  # type: ignore[misc]
-            if self.decode_rows_alone
-            else None,
+            decode_rows_alone=alone,  # type: ignore[arg-type]  # decodes hold slots
             block=plan.block,
         )
