@@ -103,8 +103,9 @@ class ModelSpec(_Strict):
     source: ModelSource
     dtype: Dtype = "auto"  # the activations' dtype
     # Linear weights kept as int8 (a scale per row) or int4 (groups of 32): less memory, faster
-    # decoding on the CPU (the CPU only, so far). None: as loaded.
-    quantization: Literal["int8", "int4"] | None = None
+    # decoding on the CPU (the CPU only, so far). "auto": a GGUF file's 4-bit weights stay 4-bit
+    # on the CPU, anything else as loaded; "none": as loaded.
+    quantization: Literal["auto", "none", "int8", "int4"] = "auto"
     # "auto", "cpu", "cuda", "cuda:N", an accelerate device_map name ("balanced", ...) or a mapping.
     device: str | dict[str, int | str] = "auto"
     context_length: Annotated[int, Field(ge=16)] | None = None

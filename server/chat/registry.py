@@ -106,7 +106,7 @@ class ModelRegistry:
         def build() -> tuple[ModelRunner, EngineConfig]:
             loaded = load_model(spec, self._config.server, self._config.base_dir)
             loaded_on_engine_thread.append(loaded)
-            runner = ModelRunner(loaded.model, quantization=spec.quantization)
+            runner = ModelRunner(loaded.model, quantization=loaded.weight_format(spec.quantization))
             return runner, _engine_config(spec, _context_length(spec, loaded.model))
 
         engine = Engine(build, name=f"engine-{spec.id}")

@@ -42,8 +42,8 @@ Linear = Callable[[torch.Tensor], torch.Tensor]
 
 def _fuse(linears: list[nn.Linear], quantize: Callable[[nn.Linear], nn.Module] | None = None) -> Linear:
     """One linear computing the concatenated outputs of `linears`. Quantized when `quantize` is
-    given; else on the CPU it is pre-packed and the concatenated copy is dropped; elsewhere the
-    originals' weights become views into it, so nothing is held twice."""
+    given and quantizes it; else on the CPU it is pre-packed and the concatenated copy is dropped;
+    elsewhere the originals' weights become views into it, so nothing is held twice."""
     weight = torch.cat([lin.weight.detach() for lin in linears], dim=0)
     has_bias = linears[0].bias is not None
     fused = nn.Linear(
@@ -54,7 +54,9 @@ def _fuse(linears: list[nn.Linear], quantize: Callable[[nn.Linear], nn.Module] |
         bias = torch.cat([lin.bias.detach() for lin in linears], dim=0)
         fused.bias = nn.Parameter(bias, requires_grad=False)
     if quantize is not None:
-        return quantize(fused)
+        twin = quantize(fused)
+        if twin is not fused:
+            return twin
     packed = cpu_kernels.packed_only(fused)
     if packed is not None:
         return packed

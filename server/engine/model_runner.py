@@ -10,7 +10,7 @@ from transformers import PreTrainedModel
 from server.engine import cpu_kernels, kv_cache, quantized
 from server.engine.kv_cache import PrefillSegment, SlotKVCache, StepLayout, UnsupportedAttention
 from server.engine.lean_forward import LeanForward
-from server.engine.quantized import Quantization
+from server.engine.quantized import WeightFormat
 from server.engine.scheduler import Chunk, StepPlan
 from server.engine.sequence import Sequence
 from server.engine.types import SamplingParams
@@ -25,10 +25,10 @@ class ModelRunner:
         self,
         model: PreTrainedModel,
         lean: bool = True,
-        quantization: Quantization | None = None,
+        quantization: WeightFormat | None = None,
         decode_rows_alone: bool | None = None,
     ) -> None:
-        """`quantization`: the linear layers' weights kept as int8 or int4 (CPU; see quantized.py).
+        """`quantization`: the linear layers' weights kept as int8 or int4, or "auto" (CPU; see quantized.py).
         `decode_rows_alone`: each decode row attends in a call of its own, over exactly its keys, so
         that its result does not depend on the other rows (see StepLayout); default: when quantized,
         whose bfloat16 rounding makes the padded call's last-bit differences visible."""
@@ -42,10 +42,17 @@ class ModelRunner:
             quantized.check_device(model, quantization)
             quantize = quantized.quantizer(quantization)
         self.lean = LeanForward.build(model, quantize) if lean else None
-        self.decode_rows_alone = quantization is not None if decode_rows_alone is None else decode_rows_alone
+        fused = (
+            [part for layer in self.lean.layers for part in (layer.qkv, layer.gate_up)] if self.lean else []
+        )
+        count = 0
         if quantization is not None:
-            count = quantized.quantize_model(model, quantization)
-            logger.info("weights: %d linear layers kept as %s", count, quantization)
+            fused_quantized = sum(isinstance(part, quantized.QUANTIZED_LINEARS) for part in fused)
+            count = quantized.quantize_model(model, quantization, fused_quantized > 0) + fused_quantized
+            logger.info("weights: %d linear layers kept quantized (%s)", count, quantization)
+            quantized.log_exact_groups([*model.modules(), *fused])
+        self.quantized = count > 0
+        self.decode_rows_alone = self.quantized if decode_rows_alone is None else decode_rows_alone
         cpu_kernels.pack_linears(model, skip=self.lean.fused_parts if self.lean else frozenset())
         self.cache = SlotKVCache(model, self.device, self.dtype)
         self._probe_own_forward()

@@ -10,11 +10,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from server.config import ModelSpec, ServerSettings
+from server.engine.quantized import WeightFormat
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,15 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     dtype: torch.dtype
     device: str
+    from_gguf: bool = False
+
+    def weight_format(self, setting: str) -> WeightFormat | None:
+        """models.yaml `quantization` for this model: "auto" keeps a GGUF file's 4-bit weights
+        4-bit where the model runs on the CPU (the kernels' only device so far), and means nothing
+        for other sources; "none": as loaded."""
+        if setting == "none" or (setting == "auto" and not (self.from_gguf and self.device == "cpu")):
+            return None
+        return cast(WeightFormat, setting)
 
 
 @dataclass(slots=True, frozen=True)
@@ -127,7 +138,8 @@ def load_model(spec: ModelSpec, settings: ServerSettings, base_dir: Path) -> Loa
     if plain_device and isinstance(device, str):
         model = model.to(device)  # type: ignore[arg-type]  # transformers types `to` for its decorator
     model.eval()
-    return LoadedModel(model, tokenizer, dtype, device if isinstance(device, str) else "device_map")
+    placed = device if isinstance(device, str) else "device_map"
+    return LoadedModel(model, tokenizer, dtype, placed, from_gguf=source.gguf_file is not None)
 
 
 def converted_gguf(spec: ModelSpec, source: ResolvedSource, settings: ServerSettings) -> str:

@@ -51,7 +51,7 @@ def test_sigterm_drains_then_exits_zero(tmp_path: Path) -> None:
         started = [threading.Event(), threading.Event()]
         threads = [
             threading.Thread(target=_stream, args=(base, 8, short, started[0])),
-            threading.Thread(target=_stream, args=(base, 450, long, started[1])),
+            threading.Thread(target=_stream, args=(base, 1500, long, started[1])),
         ]
         for thread in threads:
             thread.start()
