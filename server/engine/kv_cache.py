@@ -194,8 +194,13 @@ def slot_attention(
     if decodes:
         new_k = key[0, :, :decodes].transpose(0, 1)  # [decodes, kv_heads, head_dim]
         new_v = value[0, :, :decodes].transpose(0, 1)
-        keys[layout.decode_slots, :, layout.decode_positions] = new_k
-        values[layout.decode_slots, :, layout.decode_positions] = new_v
+        if layout.decode_rows_alone is not None and decodes == 1:  # one stream: a plain copy
+            slot, held = layout.decode_rows_alone[0]
+            keys[slot, :, held - 1].copy_(new_k[0])
+            values[slot, :, held - 1].copy_(new_v[0])
+        else:
+            keys[layout.decode_slots, :, layout.decode_positions] = new_k
+            values[layout.decode_slots, :, layout.decode_positions] = new_v
         # Query heads sharing a kv head become that head's "queries": one SDPA call, no repeat.
         q = query[0, :, :decodes].transpose(0, 1).reshape(decodes, kv_heads, group, head_dim)
         sinks = None if s_aux is None else s_aux.view(kv_heads, group, 1)
@@ -205,7 +210,7 @@ def slot_attention(
                 first = 0 if sliding_window is None else max(0, held - sliding_window)
                 k, v = keys[slot : slot + 1, :, first:held], values[slot : slot + 1, :, first:held]
                 parts.append(_attend_grouped(q[i : i + 1], k, v, None, scale, softcap, sinks))
-            attended = torch.cat(parts)
+            attended = torch.cat(parts) if len(parts) > 1 else parts[0]
         else:
             if not layout.decode_contiguous:
                 rows = q.new_zeros((layout.decode_rows, kv_heads, group, head_dim))
@@ -217,6 +222,8 @@ def slot_attention(
             attended = _attend_grouped(q, k, v, mask, scale, softcap, sinks)
             if not layout.decode_contiguous:
                 attended = attended[layout.decode_slots]
+        if not layout.prefills:  # a decode-only step: no buffer to assemble
+            return attended.reshape(1, decodes, heads, head_dim), None
         out[:decodes] = attended.reshape(decodes, heads, head_dim)
 
     for seg in layout.prefills:

@@ -71,7 +71,10 @@ def _fuse(linears: list[nn.Linear], quantize: Callable[[nn.Linear], nn.Module] |
 
 
 def _rms_norm(x: torch.Tensor, norm: Any) -> torch.Tensor:
-    """LlamaRMSNorm, operation for operation (float32 statistics, cast back before the weight)."""
+    """LlamaRMSNorm, operation for operation (float32 statistics, cast back before the weight); in
+    float32 torch's own rms_norm, which computes the same (measured bit-identical) in fewer ops."""
+    if x.dtype == torch.float32 and norm.weight.dtype == torch.float32:
+        return torch.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
     dtype = x.dtype
     h = x.to(torch.float32)
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
@@ -150,9 +153,10 @@ class LeanForward:
         for layer in self.layers:
             d = layer.head_dim
             qkv = layer.qkv(_rms_norm(x, layer.input_norm))
-            q, k, v = qkv.split([layer.q_size, layer.kv_size, layer.kv_size], dim=-1)
-            q = _rotate(q.view(1, tokens, -1, d).transpose(1, 2), cos, sin)
-            k = _rotate(k.view(1, tokens, -1, d).transpose(1, 2), cos, sin)
+            # q and k heads side by side: one rotation for both.
+            qk, v = qkv.split([layer.q_size + layer.kv_size, layer.kv_size], dim=-1)
+            qk = _rotate(qk.view(1, tokens, -1, d).transpose(1, 2), cos, sin)
+            q, k = qk.split([layer.q_size // d, layer.kv_size // d], dim=1)
             v = v.view(1, tokens, -1, d).transpose(1, 2)
             attended, _ = slot_attention(layer.attn, q, k, v, None, layer.scaling, **batch)
             x = x + layer.attn.o_proj(attended.reshape(1, tokens, -1))
