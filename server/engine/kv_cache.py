@@ -182,18 +182,42 @@ def slot_attention(
         _refuse_unknown(kwargs)
     layout = kwargs[BATCH_KWARG]
     assert isinstance(layout, StepLayout)
-    layer = int(module.layer_idx)  # type: ignore[arg-type]
+    head_dim = query.shape[3]
+    scale = scaling if scaling is not None else head_dim**-0.5
+    out = packed_attention(
+        int(module.layer_idx),  # type: ignore[arg-type]
+        query[0].transpose(0, 1),
+        key[0].transpose(0, 1),
+        value[0].transpose(0, 1),
+        scale,
+        layout,
+        sliding_window,
+        softcap,
+        s_aux,
+    )
+    return out.unsqueeze(0), None
+
+
+def packed_attention(
+    layer: int,
+    query: torch.Tensor,  # [tokens, heads, head_dim]: the step's packed tokens
+    key: torch.Tensor,  # [tokens, kv_heads, head_dim]
+    value: torch.Tensor,
+    scale: float,
+    layout: StepLayout,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    s_aux: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Writes the step's keys and values into the layer's slots and attends: [tokens, heads, head_dim]."""
     keys, values = layout.cache.keys[layer], layout.cache.values[layer]
-    heads, tokens, head_dim = query.shape[1], query.shape[2], query.shape[3]
+    tokens, heads, head_dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
-    scale = scaling if scaling is not None else head_dim**-0.5
-    out = query.new_empty((tokens, heads, head_dim))
 
     decodes = layout.num_decodes
     if decodes:
-        new_k = key[0, :, :decodes].transpose(0, 1)  # [decodes, kv_heads, head_dim]
-        new_v = value[0, :, :decodes].transpose(0, 1)
+        new_k, new_v = key[:decodes], value[:decodes]  # [decodes, kv_heads, head_dim]
         if layout.decode_rows_alone is not None and decodes == 1:  # one stream: a plain copy
             slot, held = layout.decode_rows_alone[0]
             keys[slot, :, held - 1].copy_(new_k[0])
@@ -202,7 +226,7 @@ def slot_attention(
             keys[layout.decode_slots, :, layout.decode_positions] = new_k
             values[layout.decode_slots, :, layout.decode_positions] = new_v
         # Query heads sharing a kv head become that head's "queries": one SDPA call, no repeat.
-        q = query[0, :, :decodes].transpose(0, 1).reshape(decodes, kv_heads, group, head_dim)
+        q = query[:decodes].reshape(decodes, kv_heads, group, head_dim)
         sinks = None if s_aux is None else s_aux.view(kv_heads, group, 1)
         if layout.decode_rows_alone is not None:
             parts = []
@@ -223,23 +247,25 @@ def slot_attention(
             if not layout.decode_contiguous:
                 attended = attended[layout.decode_slots]
         if not layout.prefills:  # a decode-only step: no buffer to assemble
-            return attended.reshape(1, decodes, heads, head_dim), None
+            return attended.reshape(decodes, heads, head_dim)
+    out = query.new_empty((tokens, heads, head_dim))
+    if decodes:
         out[:decodes] = attended.reshape(decodes, heads, head_dim)
 
     for seg in layout.prefills:
         end = seg.past + seg.length
-        keys[seg.slot, :, seg.past : end] = key[0, :, seg.offset : seg.offset + seg.length]
-        values[seg.slot, :, seg.past : end] = value[0, :, seg.offset : seg.offset + seg.length]
+        keys[seg.slot, :, seg.past : end] = key[seg.offset : seg.offset + seg.length].transpose(0, 1)
+        values[seg.slot, :, seg.past : end] = value[seg.offset : seg.offset + seg.length].transpose(0, 1)
         for start, stop in seg.blocks(layout.block):
             at = seg.offset + start - seg.past
             first = 0 if sliding_window is None else max(0, start - sliding_window + 1)
-            q = query[:, :, at : at + stop - start]
+            q = query[at : at + stop - start].transpose(0, 1).unsqueeze(0)
             k = keys[seg.slot : seg.slot + 1, :, first:stop]
             v = values[seg.slot : seg.slot + 1, :, first:stop]
             mask = layout.block_mask(start, stop, first, sliding_window)
             attended = _attend_rows(q, k, v, mask, scale, softcap, s_aux)
             out[at : at + stop - start] = attended[0].transpose(0, 1)
-    return out.unsqueeze(0), None
+    return out
 
 
 def _attend_grouped(

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from server.engine import cpu_kernels
-from server.engine.kv_cache import BATCH_KWARG, StepLayout, slot_attention
+from server.engine.kv_cache import StepLayout, packed_attention
 
 # Decoders whose layers are exactly: RMSNorm -> q/k/v (optional bias) -> rotary -> attention -> o_proj
 # -> residual -> RMSNorm -> SiLU-gated MLP -> residual, with a plain lm_head on the final norm.
@@ -143,27 +143,27 @@ class LeanForward:
     def __call__(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, sample_at: torch.Tensor, layout: StepLayout
     ) -> torch.Tensor:
-        """Logits [1, len(sample_at), vocab] for a packed batch [1, tokens]."""
+        """Logits [1, len(sample_at), vocab] for a packed batch [1, tokens]. Activations are kept
+        as [tokens, heads, head_dim] throughout: the heads of a token are views of its projection,
+        and attention reads them without transposes."""
         inner = self.inner
         tokens = input_ids.shape[1]
-        x = inner.embed_tokens(input_ids)
+        x = inner.embed_tokens(input_ids[0])
         cos, sin = inner.rotary_emb(x, position_ids)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        batch: dict[str, Any] = {BATCH_KWARG: layout}
-        for layer in self.layers:
+        cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # [tokens, 1, head_dim]
+        for index, layer in enumerate(self.layers):
             d = layer.head_dim
             qkv = layer.qkv(_rms_norm(x, layer.input_norm))
             # q and k heads side by side: one rotation for both.
             qk, v = qkv.split([layer.q_size + layer.kv_size, layer.kv_size], dim=-1)
-            qk = _rotate(qk.view(1, tokens, -1, d).transpose(1, 2), cos, sin)
+            qk = _rotate(qk.view(tokens, -1, d), cos, sin)
             q, k = qk.split([layer.q_size // d, layer.kv_size // d], dim=1)
-            v = v.view(1, tokens, -1, d).transpose(1, 2)
-            attended, _ = slot_attention(layer.attn, q, k, v, None, layer.scaling, **batch)
-            x = x + layer.attn.o_proj(attended.reshape(1, tokens, -1))
+            attended = packed_attention(index, q, k, v.view(tokens, -1, d), layer.scaling, layout)
+            x = x + layer.attn.o_proj(attended.reshape(tokens, -1))
             gate, up = layer.gate_up(_rms_norm(x, layer.post_norm)).chunk(2, dim=-1)
             x = x + layer.mlp.down_proj(F.silu(gate) * up)
-        x = _rms_norm(x[:, sample_at], inner.norm)
-        return self.model.lm_head(x)
+        x = _rms_norm(x[sample_at], inner.norm)
+        return self.model.lm_head(x).unsqueeze(0)
 
 
 def _shaped_as_expected(model: PreTrainedModel) -> bool:
