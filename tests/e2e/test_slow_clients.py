@@ -188,7 +188,7 @@ def test_sigterm_exits_within_the_deadline_whatever_the_clients_do(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """A client sending its body a byte at a time, one that never reads its stream, and one that
-    reads a long stream: the process still exits, status 0, within shutdown_timeout_s + 2 s."""
+    reads a long stream: the process still exits, status 0, within shutdown_timeout_s + 3 s."""
     deadline = 3
     config = tiny_config_yaml(tiny_model_dir, tmp_path)
     config.write_text(config.read_text() + f"  shutdown_timeout_s: {deadline}\n  body_timeout_s: 60\n")
@@ -217,6 +217,6 @@ def test_sigterm_exits_within_the_deadline_whatever_the_clients_do(
             for sock in (slow, unread):
                 sock.close()
             reading.__exit__(None, None, None)
-        assert took < deadline + 2, f"exit took {took:.1f} s"
+        assert took < deadline + 3, f"exit took {took:.1f} s"
         text = log.read_text()
         assert "Traceback" not in text and "drained" in text
