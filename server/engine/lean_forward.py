@@ -107,10 +107,14 @@ class LeanForward:
         self.model = model
         self.inner = model.model
         self.layers = layers
-        # The projections computed by the fused ones: the Hugging Face forward alone still calls them.
-        self.fused_parts = frozenset(
+
+    @property
+    def fused_parts(self) -> frozenset[int]:
+        """id() of the model's own projections that the fused ones compute (as they are now, after
+        any quantization): only the Hugging Face forward, probed at start-up, still calls them."""
+        return frozenset(
             id(module)
-            for layer in model.model.layers
+            for layer in self.inner.layers
             for module in (
                 layer.self_attn.q_proj,
                 layer.self_attn.k_proj,
@@ -119,6 +123,9 @@ class LeanForward:
                 layer.mlp.up_proj,
             )
         )
+
+    def fused_projections(self) -> list[Linear]:
+        return [part for layer in self.layers for part in (layer.qkv, layer.gate_up)]
 
     @classmethod
     def build(

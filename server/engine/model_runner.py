@@ -42,16 +42,19 @@ class ModelRunner:
             quantized.check_device(model, quantization)
             quantize = quantized.quantizer(quantization)
         self.lean = LeanForward.build(model, quantize) if lean else None
-        fused = (
-            [part for layer in self.lean.layers for part in (layer.qkv, layer.gate_up)] if self.lean else []
-        )
-        count = 0
+        fused = self.lean.fused_projections() if self.lean else []
+        self.quantized = False
         if quantization is not None:
-            fused_quantized = sum(isinstance(part, quantized.QUANTIZED_LINEARS) for part in fused)
-            count = quantized.quantize_model(model, quantization, fused_quantized > 0) + fused_quantized
+            fused_quantized = any(isinstance(part, quantized.QUANTIZED_LINEARS) for part in fused)
+            quantized.quantize_model(model, quantization, fused_quantized)
+            # The layers the step runs: not the model's own projections the fused ones stand for
+            # (kept, quantized alike, for the start-up probe of its own forward).
+            stand_ins = self.lean.fused_parts if self.lean else frozenset()
+            in_use = [*fused, *(m for m in model.modules() if id(m) not in stand_ins)]
+            count = sum(isinstance(m, quantized.QUANTIZED_LINEARS) for m in in_use)
             logger.info("weights: %d linear layers kept quantized (%s)", count, quantization)
-            quantized.log_exact_groups([*model.modules(), *fused])
-        self.quantized = count > 0
+            quantized.log_exact_groups(in_use)
+            self.quantized = count > 0
         self.decode_rows_alone = self.quantized if decode_rows_alone is None else decode_rows_alone
         cpu_kernels.pack_linears(model, skip=self.lean.fused_parts if self.lean else frozenset())
         self.cache = SlotKVCache(model, self.device, self.dtype)

@@ -23,7 +23,6 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-Quantization = Literal["int8", "int4"]
 # "auto": int4 for the linears whose weights already lie on 4-bit grids (a GGUF file's Q4 blocks),
 # the others as they are; the output layer in int8 when any was.
 WeightFormat = Literal["int8", "int4", "auto"]
