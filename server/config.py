@@ -74,6 +74,16 @@ class RequestLimits(_Strict):
     max_grammar_bytes: Annotated[int, Field(ge=1024)] = 128 * 1024
 
 
+class SpeculationSettings(_Strict):
+    """Speculative decoding without a draft model: proposed tokens verified in one step."""
+
+    # "ngram": prompt lookup (continue the latest earlier occurrence of the last tokens, in the
+    # prompt and the output) for every request; "none": only a request's own `prediction`.
+    method: Literal["none", "ngram"] = "none"
+    max_tokens: Annotated[int, Field(ge=1, le=64)] = 8  # proposed per sequence and step (ngram)
+    prediction_tokens: Annotated[int, Field(ge=1, le=64)] = 16  # the same for `prediction`
+
+
 class EngineSettings(_Strict):
     """Continuous batching limits (see README: models.yaml reference)."""
 
@@ -85,6 +95,7 @@ class EngineSettings(_Strict):
     max_queue_wait_s: Annotated[float, Field(gt=0)] | None = 60.0
     # KV slots that prompt-cache breakpoints may keep pinned (default: half of max_running).
     max_pinned_slots: Annotated[int, Field(ge=0)] | None = None
+    speculation: SpeculationSettings = SpeculationSettings()
 
 
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]

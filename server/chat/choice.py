@@ -38,6 +38,8 @@ class ChoicePipeline:
         self._output = output
         self.completion_tokens = 0
         self.reasoning_tokens = 0
+        self.accepted_prediction_tokens = 0
+        self.rejected_prediction_tokens = 0
 
     def step(self, out: StepOutput) -> ChoiceStep:
         """Raises for outputs that end the whole request (queue timeout, shutdown, engine failure)."""
@@ -49,6 +51,8 @@ class ChoicePipeline:
         if reason is FinishReason.ERROR or out.error is not None:
             raise InternalError(f"Generation failed: {out.error}")
         delta = Delta()
+        self.accepted_prediction_tokens += out.accepted_prediction
+        self.rejected_prediction_tokens += out.rejected_prediction
         if out.token is not None:
             self.completion_tokens += 1
             if reason is not FinishReason.STOP:  # an end-of-sequence token has no text

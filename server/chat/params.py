@@ -25,8 +25,6 @@ def refuse_unsupported(request: ChatCompletionRequest) -> None:
     Values that ask for nothing beyond the default (`modalities: ["text"]`) are accepted. Tools and
     response formats are checked where they are built (`chat/constraints.py`).
     """
-    if request.prediction is not None:
-        raise UnsupportedParameter("prediction")
     if request.modalities is not None and "audio" in request.modalities:
         raise UnsupportedParameter(
             "modalities", "cannot include 'audio': the served models produce text only"
@@ -50,6 +48,15 @@ def refuse_unsupported(request: ChatCompletionRequest) -> None:
         )
     if request.top_logprobs is not None and not request.logprobs:
         raise InvalidRequest("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
+
+
+def prediction_text(request: ChatCompletionRequest) -> str | None:
+    """The text of the request's `prediction` (its parts joined), or None without one."""
+    prediction = request.prediction
+    if prediction is None:
+        return None
+    content = prediction.content
+    return content if isinstance(content, str) else "".join(part.text for part in content)
 
 
 def refuse_obviously_too_long(request: ChatCompletionRequest, limits: ModelLimits) -> None:

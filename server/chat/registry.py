@@ -183,6 +183,9 @@ def _engine_config(spec: ModelSpec, context_length: int) -> EngineConfig:
         max_pinned_slots=(
             settings.max_running // 2 if settings.max_pinned_slots is None else settings.max_pinned_slots
         ),
+        speculation=None if settings.speculation.method == "none" else settings.speculation.method,
+        speculative_tokens=settings.speculation.max_tokens,
+        prediction_tokens=settings.speculation.prediction_tokens,
     )
 
 

@@ -19,7 +19,7 @@ from server.chat.constraints import Constraint, build_constraint, reasoning_firs
 from server.chat.deltas import OutputDeltas, ParsedDeltas
 from server.chat.detokenizer import IncrementalDecoder
 from server.chat.observer import RequestObserver
-from server.chat.params import refuse_obviously_too_long, refuse_unsupported, sampling_params
+from server.chat.params import prediction_text, refuse_obviously_too_long, refuse_unsupported, sampling_params
 from server.chat.prompt_cache import cache_policy, check_breakpoints
 from server.chat.recording import record_builder, recorded
 from server.chat.registry import ModelRegistry, ServedModel
@@ -128,7 +128,7 @@ class ChatService:
         n = request.n or 1
         # Compiling a grammar, rendering the template and tokenizing take milliseconds, seconds for
         # a large schema or prompt: off the event loop, which keeps serving every other request.
-        constraint, masks, prompt, inside = await asyncio.to_thread(_prepare, request, served, n)
+        constraint, masks, prompt, inside, prediction = await asyncio.to_thread(_prepare, request, served, n)
         base_id = uuid.uuid4().hex
         cache = cache_policy(request, prompt)
         engine_requests = [
@@ -138,6 +138,7 @@ class ChatService:
                 params=sampling_params(request, served.limits, len(prompt.token_ids), i),
                 mask_fn=masks[i],
                 cache=cache,
+                prediction=prediction,
             )
             for i in range(n)
         ]
@@ -178,10 +179,11 @@ class ChatService:
 
 def _prepare(
     request: ChatCompletionRequest, served: ServedModel, n: int
-) -> tuple[Constraint, list[GrammarMask | None], Prompt, bool]:
+) -> tuple[Constraint, list[GrammarMask | None], Prompt, bool, tuple[int, ...] | None]:
     """The prompt (rendered with the tools and the reasoning setting, tokenized), the request's
     grammar, compiled (a 400 if it cannot be enforced; free reasoning first where the model
-    thinks), one mask per choice, and whether the output starts inside a think block."""
+    thinks), one mask per choice, whether the output starts inside a think block, and the
+    prediction's tokens (the engine proposes them: speculative decoding)."""
     plan = plan_tools(request, served.templater.parallel_calls)
     thinking = served.reasoning.plan(request.reasoning_effort)
     variables = dict(thinking.template_kwargs)
@@ -195,7 +197,12 @@ def _prepare(
     masks: list[GrammarMask | None] = [None] * n
     if constraint.grammar is not None:
         masks = [served.grammars.mask(constraint.grammar) for _ in range(n)]
-    return constraint, masks, prompt, inside
+    text = prediction_text(request)
+    prediction = None
+    if text:
+        ids = served.tokenizer.encode(text, add_special_tokens=False)
+        prediction = tuple(ids[: served.limits.context_length])
+    return constraint, masks, prompt, inside, prediction
 
 
 def _pipeline(
@@ -260,9 +267,14 @@ async def _generate(
         stream.close()
     yield build.usage(
         prompt_tokens,
-        sum(p.completion_tokens for p in pipelines),
         cached_tokens,
-        sum(p.reasoning_tokens for p in pipelines),
+        CompletionTokensDetails(
+            reasoning_tokens=sum(p.reasoning_tokens for p in pipelines),
+            audio_tokens=0,
+            accepted_prediction_tokens=sum(p.accepted_prediction_tokens for p in pipelines),
+            rejected_prediction_tokens=sum(p.rejected_prediction_tokens for p in pipelines),
+        ),
+        sum(p.completion_tokens for p in pipelines),
     )
 
 
@@ -316,18 +328,20 @@ class _ChunkBuilder:
         return self._chunk([choice], None)
 
     def usage(
-        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int, reasoning_tokens: int
+        self,
+        prompt_tokens: int,
+        cached_tokens: int,
+        details: CompletionTokensDetails,
+        generated_tokens: int,
     ) -> ChatCompletionChunk:
+        """As OpenAI counts them, rejected prediction tokens are completion tokens too (billed),
+        beside the tokens generated."""
+        completion_tokens = generated_tokens + (details.rejected_prediction_tokens or 0)
         usage = CompletionUsage(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
             prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens, audio_tokens=0),
-            completion_tokens_details=CompletionTokensDetails(
-                reasoning_tokens=reasoning_tokens,
-                audio_tokens=0,
-                accepted_prediction_tokens=0,
-                rejected_prediction_tokens=0,
-            ),
+            completion_tokens_details=details,
         )
         return self._chunk([], usage)

@@ -21,8 +21,9 @@ import torch
 
 from server.engine.model_runner import ModelRunner
 from server.engine.sampler import SequenceSampler, sample_batch
-from server.engine.scheduler import Scheduler, StepPlan
+from server.engine.scheduler import Chunk, Scheduler, StepPlan
 from server.engine.sequence import RequestGroup, SeqState, Sequence
+from server.engine.speculation import proposer_for
 from server.engine.types import (
     EngineConfig,
     EngineRequest,
@@ -77,6 +78,8 @@ class Engine:
         # Grammar masks are computed here while the forward pass runs (llguidance drops the GIL).
         self._mask_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-masks")
         self.stats = EngineStats()
+        self._proposed = 0  # proposed tokens verified since start (speculative decoding)
+        self._accepted = 0
 
     def start(self) -> None:
         """Starts the engine thread; returns once the model is loaded, or raises why it was not."""
@@ -118,6 +121,7 @@ class Engine:
                 enqueued_at=now,
                 group=group,
                 cache=request.cache,
+                proposer=proposer_for(request, self.config),
             )
             # Its sampler (torch tensors) is made on the engine thread.
             seq.payload = _Consumer(sink, request.mask_fn)
@@ -218,6 +222,8 @@ class Engine:
             preemptions=scheduler.preemptions,
             pinned_tokens=scheduler.pins.pinned_tokens,
             pins_evicted=scheduler.pins.evicted,
+            proposed_tokens=self._proposed,
+            accepted_tokens=self._accepted,
         )
 
     def _step(self) -> None:
@@ -248,35 +254,71 @@ class Engine:
             )
 
     def _deliver(self, plan: StepPlan, logits: torch.Tensor) -> None:
-        sampling = [chunk.seq for chunk in plan.chunks if chunk.samples]
-        tokens = sample_batch([seq.payload.sampler for seq in sampling], logits)
-        for seq, token in zip(sampling, tokens, strict=True):
-            failure = seq.payload.sampler.failure
-            if failure is not None:  # its grammar broke: this sequence ends with an error, others go on
-                logger.error("request %s: %s", seq.request_id, failure)
-                self._finish(seq, FinishReason.ERROR, failure)
-                continue
+        """Samples each chunk that samples (a decode with proposals verifies them: 1 to
+        len(draft) + 1 tokens) and emits the tokens in order, each checked for a stop."""
+        plain: list[tuple[Chunk, int]] = []  # (chunk, its logits row)
+        drafted: list[tuple[Chunk, int]] = []
+        row = 0
+        for chunk in plan.chunks:
+            if chunk.samples:
+                (drafted if chunk.draft else plain).append((chunk, row))
+                row += 1 + len(chunk.draft)
+        samplers = [chunk.seq.payload.sampler for chunk, _ in plain]
+        tokens = sample_batch(samplers, logits[[at for _, at in plain]]) if plain else []
+        for (chunk, _), token in zip(plain, tokens, strict=True):
+            self._deliver_tokens(chunk, [token])
+        for chunk, at in drafted:
+            sampler: SequenceSampler = chunk.seq.payload.sampler
+            verified = sampler.verify(logits[at : at + 1 + len(chunk.draft)], chunk.draft)
+            accepted = len(verified) - 1
+            self.scheduler.accept(chunk, accepted)
+            self._proposed += len(chunk.draft)
+            self._accepted += accepted
+            self._deliver_tokens(chunk, verified, accepted)
+
+    def _deliver_tokens(self, chunk: Chunk, tokens: list[SampledToken], accepted: int = 0) -> None:
+        """Emits a chunk's sampled tokens in order until one ends the sequence. `accepted`: how many
+        of them were the chunk's proposals (counted in the outputs where they are a prediction's)."""
+        seq = chunk.seq
+        failure = seq.payload.sampler.failure
+        if failure is not None:  # its grammar broke: this sequence ends with an error, others go on
+            logger.error("request %s: %s", seq.request_id, failure)
+            self._finish(seq, FinishReason.ERROR, failure)
+            return
+        params = seq.params
+        for index, token in enumerate(tokens):
             seq.token_ids.append(token.token_id)
-            params = seq.params
             finish = None
             if token.token_id in params.stop_token_ids:
                 finish = FinishReason.STOP
             elif seq.generated >= params.max_tokens or len(seq.token_ids) >= self.config.context_length:
                 finish = FinishReason.LENGTH
-            self._emit(seq, token, finish)
+            out = self._output(seq, token, finish)
+            if seq.proposer is not None and seq.proposer.from_prediction:
+                out.accepted_prediction = int(index < accepted)
+                if index == len(tokens) - 1:
+                    out.rejected_prediction = len(chunk.draft) - accepted
+            seq.payload.sink(out)
             if finish is not None:
                 self._retire(seq)
+                return
 
     def _emit(
         self, seq: Sequence, token: SampledToken | None, finish: FinishReason | None, error: str | None = None
     ) -> None:
+        seq.payload.sink(self._output(seq, token, finish, error))
+
+    @staticmethod
+    def _output(
+        seq: Sequence, token: SampledToken | None, finish: FinishReason | None, error: str | None = None
+    ) -> StepOutput:
         consumer: _Consumer = seq.payload
         out = StepOutput(seq.request_id, token, finish, error)
         if not consumer.first_output_sent:
             out.prompt_tokens = seq.num_prompt
             out.cached_tokens = seq.cached_tokens
             consumer.first_output_sent = True
-        consumer.sink(out)
+        return out
 
     def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
         if seq.state is SeqState.FINISHED:

@@ -68,8 +68,9 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, plan: StepPlan, lean: bool | None = None) -> torch.Tensor:
         """Applies the plan's KV layout and copies, feeds its tokens; returns float32 logits on the
-        CPU, one row per chunk that samples, in the order of `plan.chunks`. `lean` picks the forward
-        pass (default: the lean one where the model has it)."""
+        CPU, one row per chunk that samples, in the order of `plan.chunks`, a decode's row followed by
+        one per proposed token (the logits after it). `lean` picks the forward pass (default: the
+        lean one where the model has it)."""
         if plan.kv_ops:  # moves may read slots the new layout drops: apply them on the larger one
             grown = (max(plan.num_slots, self.cache.num_slots), max(plan.capacity, self.cache.capacity))
             self.cache.resize(*grown)
@@ -79,10 +80,14 @@ class ModelRunner:
         ids: list[int] = []
         positions: list[int] = []
         sample_at: list[int] = []
-        for chunk in plan.decodes:
+        slots: list[int] = []
+        for chunk in plan.decodes:  # a decode's proposals are decode rows of its slot, one each
+            assert chunk.seq.slot is not None
             ids.append(chunk.seq.token_ids[chunk.start])
-            positions.append(chunk.start)
-            sample_at.append(len(ids) - 1)
+            ids.extend(chunk.draft)
+            positions.extend(range(chunk.start, chunk.start + 1 + len(chunk.draft)))
+            slots.extend([chunk.seq.slot] * (1 + len(chunk.draft)))
+        sample_at.extend(range(len(ids)))
         segments: list[PrefillSegment] = []
         for chunk in plan.prefills:
             offset = len(ids)
@@ -92,7 +97,8 @@ class ModelRunner:
             segments.append(PrefillSegment(offset, chunk.length, chunk.seq.slot, chunk.start))
             if chunk.samples:
                 sample_at.append(len(ids) - 1)
-        layout = self._layout(plan, segments)
+        proposals = len(ids) > len(plan.decodes)
+        layout = self._layout(plan, slots, positions[: len(slots)], segments, alone=proposals)
         input_ids = torch.tensor([ids], device=self.device)
         position_ids = torch.tensor([positions], device=self.device)
         # int64 even when empty: a step may only read prompt chunks and sample nothing.
@@ -158,14 +164,23 @@ class ModelRunner:
                 return False
         return True
 
-    def _layout(self, plan: StepPlan, segments: list[PrefillSegment]) -> StepLayout:
-        slots = [c.seq.slot for c in plan.decodes]
-        positions = [c.start for c in plan.decodes]
-        rows = (max(slots) + 1) if slots else 0  # type: ignore[type-var, operator]  # decodes hold slots
+    def _layout(
+        self,
+        plan: StepPlan,
+        slots: list[int],
+        positions: list[int],
+        segments: list[PrefillSegment],
+        alone: bool = False,
+    ) -> StepLayout:
+        """`slots` and `positions`: each decode row's. `alone`: every decode row attends alone
+        (always with proposals: their rows share a slot, and each sees the keys up to its own
+        position, as the decode steps they stand for would)."""
+        rows = (max(slots) + 1) if slots else 0
         length = (max(positions) + 1) if positions else 0
-        bias = last = alone = None
-        if self.decode_rows_alone:  # each row over its own keys: no padded mask to build
-            alone = [(slot, position + 1) for slot, position in zip(slots, positions, strict=True)]
+        bias = last = None
+        rows_alone: list[tuple[int, int]] | None = None
+        if self.decode_rows_alone or alone:  # each row over its own keys: no padded mask to build
+            rows_alone = [(slot, position + 1) for slot, position in zip(slots, positions, strict=True)]
         elif slots:
             last = torch.zeros(rows, dtype=torch.long)  # rows of slots not decoding see position 0 only
             last[torch.tensor(slots)] = torch.tensor(positions)
@@ -183,6 +198,6 @@ class ModelRunner:
             decode_contiguous=slots == list(range(len(slots))),
             prefills=segments,
             decode_last=None if last is None else last.to(self.device),
-            decode_rows_alone=alone,  # type: ignore[arg-type]  # decodes hold slots
+            decode_rows_alone=rows_alone,
             block=plan.block,
         )

@@ -5,6 +5,12 @@ grammar mask hook; logprobs are read from these adjusted logits (the distributio
 drawn from, before temperature and top_p reshape it); then greedy argmax, or temperature, top_p
 and a draw from the sequence's own seeded generator, so a seed gives the same tokens whatever
 else shares the batch.
+
+A draw takes the same amount of noise from the generator at every generated position, so that
+proposed tokens (speculative decoding, `verify`) change nothing: a proposal is accepted when the
+token the sampler picks at its position with that position's noise is the proposal. Greedy or seeded, the
+output is the same token for token as without proposals, and a proposal x is accepted with
+probability p(x), as standard speculative sampling of a point-mass draft does.
 """
 
 from __future__ import annotations
@@ -86,6 +92,20 @@ class SequenceSampler:
             if allowed is not None:
                 row.masked_fill_(~allowed, float("-inf"))
 
+    def verify(self, rows: torch.Tensor, proposed: list[int]) -> list[SampledToken]:
+        """`rows`: [1 + len(proposed), >= vocab] logits, row i after the proposals before i. Returns
+        the tokens the sampler emits, one row at a time: each proposal as long as the sampler picks
+        it, then the token it picks instead (or the one after every proposal): 1 to
+        len(proposed) + 1 tokens. Row 0 uses the mask started for this step; later rows' masks
+        follow the accepted proposals."""
+        out: list[SampledToken] = []
+        for i in range(len(proposed) + 1):
+            token = sample_batch([self], rows[i : i + 1])[0]
+            out.append(token)
+            if i == len(proposed) or token.token_id != proposed[i] or self.failure is not None:
+                break
+        return out
+
     def record(self, token_id: int) -> None:
         self.generated.append(token_id)
         if self._counts is not None:
@@ -127,6 +147,8 @@ def sample_batch(samplers: list[SequenceSampler], logits: torch.Tensor) -> list[
 
 
 def _draw(logits: torch.Tensor, samplers: list[SequenceSampler]) -> torch.Tensor:
+    """One token per row from its temperature/top_p distribution, with noise from the row's own
+    generator."""
     temperatures = torch.tensor([s.params.temperature for s in samplers], dtype=torch.float32)
     probs = torch.softmax(logits / temperatures.unsqueeze(1), dim=-1)
     top_p = torch.tensor([s.params.top_p for s in samplers], dtype=torch.float32)
@@ -138,5 +160,8 @@ def _draw(logits: torch.Tensor, samplers: list[SequenceSampler]) -> torch.Tensor
         outside[:, 0] = False  # the most likely token is always kept (top_p=0 means only it)
         sorted_probs.masked_fill_(outside, 0.0)
         probs[nucleus] = torch.zeros_like(sorted_probs).scatter_(1, order, sorted_probs)
-    picks = [torch.multinomial(probs[i], 1, generator=s.generator) for i, s in enumerate(samplers)]
-    return torch.cat(picks)
+    # An exponential race (what torch.multinomial does for one sample): one noise vector per row
+    # from the row's generator, the token whose probability over its noise is largest. A token of
+    # probability 0 never wins; a tiny change in the logits changes the pick only near a tie.
+    noise = torch.stack([torch.empty(probs.shape[-1]).exponential_(generator=s.generator) for s in samplers])
+    return torch.argmax(probs / noise, dim=-1)

@@ -28,6 +28,9 @@ class Chunk:
     seq: Sequence
     start: int  # first token index fed
     length: int
+    # A decode's proposed next tokens (speculation.py), fed after its token and verified by the
+    # sampler; the KV of the accepted ones is kept (Scheduler.accept).
+    draft: list[int] = field(default_factory=list)
 
     @property
     def samples(self) -> bool:
@@ -154,6 +157,7 @@ class Scheduler:
             if seq.is_decoding:
                 plan.decodes.append(Chunk(seq, seq.num_computed, 1))
         budget -= len(plan.decodes)
+        budget -= self._propose(plan.decodes, budget)
         for seq in self.running:
             length = 0 if seq.is_decoding else self._chunk_length(seq, budget)
             if length:
@@ -164,9 +168,39 @@ class Scheduler:
         return plan
 
     def update(self, plan: StepPlan) -> None:
-        """After the forward pass: the scheduled tokens' KV is in the cache."""
+        """After the forward pass: the scheduled tokens' KV is in the cache (a decode's proposals
+        count once they are accepted, see `accept`)."""
         for chunk in plan.chunks:
             chunk.seq.num_computed = chunk.start + chunk.length
+
+    @staticmethod
+    def accept(chunk: Chunk, accepted: int) -> None:
+        """`accepted` of the decode's proposals were kept: their KV, written by the step, is the
+        sequence's (the rest is overwritten later, never read)."""
+        chunk.seq.num_computed += accepted
+        if chunk.seq.proposer is not None:
+            chunk.seq.proposer.record(len(chunk.draft), accepted)
+
+    def _propose(self, decodes: list[Chunk], budget: int) -> int:
+        """Proposed tokens for the decodes whose sequences have a proposer, within the step's token
+        budget, the slot's capacity, the context and the tokens still to generate; returns how many."""
+        used = 0
+        for chunk in decodes:
+            seq = chunk.seq
+            if seq.proposer is None:
+                continue
+            length = len(seq.token_ids)
+            limit = min(
+                budget - used,
+                self.capacity - length,
+                self.config.context_length - length - 1,
+                seq.params.max_tokens - seq.generated - 1,
+            )
+            if limit <= 0:
+                continue
+            chunk.draft = seq.proposer.propose(seq.token_ids, seq.num_prompt, limit)[:limit]
+            used += len(chunk.draft)
+        return used
 
     def _chunk_length(self, seq: Sequence, budget: int) -> int:
         """The prompt tokens `seq` reads this step: the rest of it if the budget holds it, else up to

@@ -39,6 +39,7 @@ class Sequence:
     preemptions: int = 0
     parks: int = 0  # times it was parked because its reader fell behind
     payload: Any = field(default=None)  # the engine's per-sequence state (sampler, sink)
+    proposer: Any = field(default=None)  # speculation.Proposer: tokens to verify with each decode
     group: RequestGroup = field(default_factory=RequestGroup)
     cache: CachePolicy = field(default_factory=CachePolicy)
 

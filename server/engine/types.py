@@ -64,6 +64,7 @@ class EngineRequest:
     params: SamplingParams
     mask_fn: TokenMaskFn | None = None  # one per request: it holds that sequence's grammar state
     cache: CachePolicy = CachePolicy()
+    prediction: tuple[int, ...] | None = None  # the request's `prediction`, tokenized: proposals
 
 
 @dataclass(slots=True, frozen=True)
@@ -89,6 +90,10 @@ class StepOutput:
     error: str | None = None
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    # The request's `prediction`: 1 when this token was a proposal from it that was accepted; on a
+    # step's last token, how many of the step's proposals from it were rejected.
+    accepted_prediction: int = 0
+    rejected_prediction: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -102,6 +107,9 @@ class EngineConfig:
     context_length: int = 8192  # no sequence is longer
     max_pinned_slots: int = 8  # slots that pinned prefixes may hold (prompt cache breakpoints)
     prefill_block: int = PREFILL_BLOCK  # 1: chunks and reused prefixes of any length (not exact)
+    speculation: str | None = None  # "ngram": prompt lookup for every request (speculation.py)
+    speculative_tokens: int = 8  # the most tokens proposed per sequence and step
+    prediction_tokens: int = 16  # the same for a request's `prediction`
 
 
 @dataclass(slots=True, frozen=True)
@@ -118,6 +126,8 @@ class EngineStats:
     preemptions: int = 0  # since start
     pinned_tokens: int = 0  # tokens of the live pinned prefixes (prompt cache breakpoints)
     pins_evicted: int = 0  # since start: pinned slots reused because every other slot was busy
+    proposed_tokens: int = 0  # since start: proposed tokens verified (prediction, prompt lookup)
+    accepted_tokens: int = 0  # since start: of those, accepted
 
 
 class QueueFull(Exception):

@@ -70,7 +70,6 @@ async def test_schema_violations_are_400_naming_the_param(
         ({"function_call": "auto"}, "function_call"),
         ({"response_format": {"type": "json_object"}}, "messages"),
         ({"reasoning_effort": "low"}, "reasoning_effort"),
-        ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
         ({"modalities": ["text", "audio"]}, "modalities"),
         ({"audio": {"format": "wav", "voice": "alloy"}}, "audio"),
         ({"web_search_options": {}}, "web_search_options"),
