@@ -79,9 +79,12 @@ class SpeculationSettings(_Strict):
 
     # "ngram": prompt lookup (continue the latest earlier occurrence of the last tokens, in the
     # prompt and the output) for every request; "none": only a request's own `prediction`.
-    method: Literal["none", "ngram"] = "none"
+    method: Literal["none", "ngram"] = "ngram"
     max_tokens: Annotated[int, Field(ge=1, le=64)] = 8  # proposed per sequence and step (ngram)
     prediction_tokens: Annotated[int, Field(ge=1, le=64)] = 16  # the same for `prediction`
+    # Prompt lookup only in steps where at most this many sequences decode (a request's own
+    # prediction is always verified).
+    max_batch: Annotated[int, Field(ge=1)] = 4
 
 
 class EngineSettings(_Strict):

@@ -120,6 +120,11 @@ _ENGINE_COUNTERS = {
         "prompt_cache_pins_evicted",
         "Pinned prefixes given up because every other KV slot was busy",
     ),
+    "proposed_tokens": (
+        "speculative_proposed_tokens",
+        "Proposed tokens verified (a request's prediction, prompt lookup)",
+    ),
+    "accepted_tokens": ("speculative_accepted_tokens", "Proposed tokens accepted"),
 }
 
 

@@ -186,6 +186,7 @@ def _engine_config(spec: ModelSpec, context_length: int) -> EngineConfig:
         speculation=None if settings.speculation.method == "none" else settings.speculation.method,
         speculative_tokens=settings.speculation.max_tokens,
         prediction_tokens=settings.speculation.prediction_tokens,
+        speculation_max_batch=settings.speculation.max_batch,
     )
 
 

@@ -183,11 +183,15 @@ class Scheduler:
 
     def _propose(self, decodes: list[Chunk], budget: int) -> int:
         """Proposed tokens for the decodes whose sequences have a proposer, within the step's token
-        budget, the slot's capacity, the context and the tokens still to generate; returns how many."""
+        budget, the slot's capacity, the context and the tokens still to generate; returns how many.
+        Prompt lookup proposes only while few sequences decode (`speculation_max_batch`): in a full
+        batch each verified row costs about what a decode row does, and a guess saves less than
+        that unless nearly all are accepted. A request's own prediction is always proposed."""
         used = 0
+        lookup = len(decodes) <= self.config.speculation_max_batch
         for chunk in decodes:
             seq = chunk.seq
-            if seq.proposer is None:
+            if seq.proposer is None or not (lookup or seq.proposer.from_prediction):
                 continue
             length = len(seq.token_ids)
             limit = min(

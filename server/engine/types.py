@@ -109,6 +109,7 @@ class EngineConfig:
     prefill_block: int = PREFILL_BLOCK  # 1: chunks and reused prefixes of any length (not exact)
     speculation: str | None = None  # "ngram": prompt lookup for every request (speculation.py)
     speculative_tokens: int = 8  # the most tokens proposed per sequence and step
+    speculation_max_batch: int = 4  # prompt lookup only in steps with at most this many decodes
     prediction_tokens: int = 16  # the same for a request's `prediction`
 
 

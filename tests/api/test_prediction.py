@@ -3,8 +3,10 @@ stop strings, n=2, streaming), usage counting accepted and rejected prediction t
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 MESSAGES = [{"role": "user", "content": "Say something long."}]
 
@@ -73,3 +75,43 @@ async def test_a_prediction_of_the_wrong_type_is_a_400_naming_it(client: openai.
     with pytest.raises(openai.BadRequestError) as caught:
         await _create(client, prediction={"type": "draft", "content": "x"})
     assert "prediction" in str(caught.value)
+
+
+async def test_metrics_count_proposed_and_accepted_tokens(
+    client: openai.AsyncOpenAI, http: httpx.AsyncClient
+) -> None:
+    def counters(text: str) -> tuple[float, float]:
+        values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+        return (
+            values.get("openweights_speculative_proposed_tokens_total", 0.0),
+            values.get("openweights_speculative_accepted_tokens_total", 0.0),
+        )
+
+    before = counters((await http.get("/metrics")).text)
+    text = (await _create(client)).choices[0].message.content
+    await _create(client, prediction={"type": "content", "content": text})
+    proposed, kept = counters((await http.get("/metrics")).text)
+    assert proposed > before[0] and kept > before[1]
+    assert kept - before[1] <= proposed - before[0]
+
+
+async def test_a_prediction_under_a_json_schema_gives_the_same_answer(client: openai.AsyncOpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}},
+        "required": ["name", "tags"],
+        "additionalProperties": False,
+    }
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "thing", "schema": schema, "strict": True},
+    }
+    plain = await _create(client, response_format=response_format)
+    text = plain.choices[0].message.content
+    # Right for its first half, then text the grammar forbids: those proposals are rejected.
+    prediction = text[: len(text) // 2] + "}}}} not json"
+    predicted = await _create(
+        client, response_format=response_format, prediction={"type": "content", "content": prediction}
+    )
+    assert predicted.choices[0].message.content == text
+    assert predicted.usage.completion_tokens_details.accepted_prediction_tokens > 0
