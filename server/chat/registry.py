@@ -127,6 +127,14 @@ class ModelRegistry:
         tool_parser = parser_for_template(templater.template, spec.tool_parser)
         templater.tool_format = tool_parser
         logger.info("model %s: tool calls in the %s format", spec.id, tool_parser.name)
+        speculation = spec.engine.speculation
+        if speculation.method == "ngram":
+            logger.info(
+                "model %s: prompt lookup proposes up to %d tokens a step (while <= %d sequences decode)",
+                spec.id,
+                speculation.max_tokens,
+                speculation.max_batch,
+            )
         grammars = GrammarCompiler(
             tokenizer, vocab_size, limits.stop_token_ids, self._config.server.limits.max_grammar_bytes
         )
