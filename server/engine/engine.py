@@ -300,6 +300,9 @@ class Engine:
                     out.rejected_prediction = len(chunk.draft) - accepted
             seq.payload.sink(out)
             if finish is not None:
+                # Proposals accepted after a stop are not the sequence's (num_computed never
+                # exceeds its tokens; its cached prefix is cut to them anyway).
+                seq.num_computed = min(seq.num_computed, len(seq.token_ids))
                 self._retire(seq)
                 return
 

@@ -250,3 +250,4 @@ def test_float32_model_proposals_attend_alone_and_keep_greedy_tokens() -> None:
         assert accepted(outputs[0])[0] > 0
     finally:
         float_engine.stop()
+
