@@ -264,7 +264,8 @@ class Engine:
                 (drafted if chunk.draft else plain).append((chunk, row))
                 row += 1 + len(chunk.draft)
         samplers = [chunk.seq.payload.sampler for chunk, _ in plain]
-        tokens = sample_batch(samplers, logits[[at for _, at in plain]]) if plain else []
+        rows = logits if not drafted else logits[[at for _, at in plain]]  # no copy without proposals
+        tokens = sample_batch(samplers, rows) if plain else []
         for (chunk, _), token in zip(plain, tokens, strict=True):
             self._deliver_tokens(chunk, [token])
         for chunk, at in drafted:

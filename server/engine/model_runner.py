@@ -97,7 +97,7 @@ class ModelRunner:
             segments.append(PrefillSegment(offset, chunk.length, chunk.seq.slot, chunk.start))
             if chunk.samples:
                 sample_at.append(len(ids) - 1)
-        proposals = len(ids) > len(plan.decodes)
+        proposals = len(slots) > len(plan.decodes)
         layout = self._layout(plan, slots, positions[: len(slots)], segments, alone=proposals)
         input_ids = torch.tensor([ids], device=self.device)
         position_ids = torch.tensor([positions], device=self.device)

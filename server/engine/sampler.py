@@ -8,9 +8,9 @@ else shares the batch.
 
 A draw takes the same amount of noise from the generator at every generated position, so that
 proposed tokens (speculative decoding, `verify`) change nothing: a proposal is accepted when the
-token the sampler picks at its position with that position's noise is the proposal. Greedy or seeded, the
-output is the same token for token as without proposals, and a proposal x is accepted with
-probability p(x), as standard speculative sampling of a point-mass draft does.
+token the sampler picks at its position with that position's noise is the proposal. Greedy or
+seeded, the output is the same token for token as without proposals, and a proposal x is accepted
+with probability p(x), as standard speculative sampling of a point-mass draft does.
 """
 
 from __future__ import annotations

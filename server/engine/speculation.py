@@ -101,30 +101,31 @@ class PredictionProposer:
         self.budget.record(proposed, accepted)
 
     def _follow(self, tokens: list[int], num_prompt: int) -> None:
-        """Moves the expected position along the tokens generated since the last call."""
-        output = tokens[num_prompt:]
-        for index in range(self._seen, len(output)):
-            token = output[index]
-            if self._next < len(self.prediction) and self.prediction[self._next] == token:
+        """Moves the expected position along the tokens generated since the last call (read in
+        place: the output is never copied)."""
+        prediction = self.prediction
+        for index in range(num_prompt + self._seen, len(tokens)):
+            token = tokens[index]
+            if self._next < len(prediction) and prediction[self._next] == token:
                 self._next += 1
                 self._anchor = self._next
                 continue
-            lost = self._next >= len(self.prediction)
-            self._next = self._realign(output[: index + 1])
-            if self._next < len(self.prediction):
+            lost = self._next >= len(prediction)
+            self._next = self._realign(tokens[max(num_prompt, index + 1 - ALIGN_MAX) : index + 1])
+            if self._next < len(prediction):
                 self._anchor = self._next
                 if lost:  # the output has re-joined the prediction: proposals start short again
                     self.budget.rejoin()
-        self._seen = len(output)
+        self._seen = len(tokens) - num_prompt
 
-    def _realign(self, output: list[int]) -> int:
-        """After the output's last tokens: the position following the longest run of them (at least
-        ALIGN_MIN) found in the prediction, the first one after where the output last followed it
-        preferred; past the end of the prediction if they occur nowhere (until they do)."""
+    def _realign(self, tail: list[int]) -> int:
+        """After the output's last tokens (`tail`, at most ALIGN_MAX): the position following the
+        longest run of them (at least ALIGN_MIN) found in the prediction, the first one after where
+        the output last followed it preferred; past the end of the prediction if they occur nowhere
+        (until they do)."""
         prediction = self.prediction
-        for size in range(min(ALIGN_MAX, len(output)), ALIGN_MIN - 1, -1):
-            tail = output[-size:]
-            found = _find_all(prediction, tail)
+        for size in range(len(tail), ALIGN_MIN - 1, -1):
+            found = _find_all(prediction, tail[-size:])
             if found:
                 after = [start for start in found if start + size > self._anchor]
                 start = after[0] if after else found[-1]

@@ -16,6 +16,8 @@ import torch
 from server.engine.engine import Engine
 from server.engine.model_runner import ModelRunner
 from server.engine.sampler import SequenceSampler
+from server.engine.scheduler import Chunk, StepPlan
+from server.engine.sequence import Sequence
 from server.engine.speculation import Budget, NgramProposer, PredictionProposer
 from server.engine.types import EngineConfig, EngineRequest, SamplingParams, StepOutput
 from tests.unit.test_batch_invariance import SIZES
@@ -251,3 +253,26 @@ def test_float32_model_proposals_attend_alone_and_keep_greedy_tokens() -> None:
     finally:
         float_engine.stop()
 
+
+def test_only_a_step_with_proposals_makes_unquantized_decode_rows_attend_alone() -> None:
+    runner = ModelRunner(build("LlamaConfig", **SIZES))
+    assert not runner.decode_rows_alone
+    layouts = []
+    original = runner._layout
+
+    def spy(*args: object, **kwargs: object) -> object:
+        layout = original(*args, **kwargs)  # type: ignore[arg-type]
+        layouts.append(layout)
+        return layout
+
+    runner._layout = spy  # type: ignore[method-assign]
+    decoding = Sequence("d", prompt(20, 10), 10, GREEDY)
+    reading = Sequence("p", prompt(21, 10), 10, GREEDY)
+    decoding.slot, reading.slot = 0, 1
+    runner.run(StepPlan(2, 64, prefills=[Chunk(decoding, 0, 9)]))
+    # A decode beside a prompt chunk, no proposals: the padded call, as before.
+    runner.run(StepPlan(2, 64, decodes=[Chunk(decoding, 9, 1)], prefills=[Chunk(reading, 0, 10)]))
+    assert layouts[-1].decode_rows_alone is None
+    decoding.token_ids += [5, 6]
+    runner.run(StepPlan(2, 64, decodes=[Chunk(decoding, 10, 1, draft=[7])]))
+    assert layouts[-1].decode_rows_alone == [(0, 11), (0, 12)]
