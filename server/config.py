@@ -62,7 +62,8 @@ class SamplingDefaults(_Strict):
 class RequestLimits(_Strict):
     """Per-request limits; each violation is a 400 naming the field."""
 
-    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    # Images, audio and files travel inside the body (base64): room for a few photos.
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
     max_messages: Annotated[int, Field(ge=1)] = 1024
     max_n: Annotated[int, Field(ge=1, le=128)] = 128
     max_tokens: Annotated[int, Field(ge=1)] | None = None  # None: up to the context length
@@ -72,6 +73,29 @@ class RequestLimits(_Strict):
     max_json_depth: Annotated[int, Field(ge=8, le=256)] = 64
     # The grammar of one request (its response_format schema, or its tools with their schemas).
     max_grammar_bytes: Annotated[int, Field(ge=1024)] = 128 * 1024
+    # Media in one request's messages (a PDF's page images count as images).
+    max_images: Annotated[int, Field(ge=0)] = 16
+    max_image_pixels: Annotated[int, Field(ge=1)] = 40_000_000  # width x height of one image
+    max_audios: Annotated[int, Field(ge=0)] = 4
+    max_audio_seconds: Annotated[float, Field(gt=0)] = 600.0  # one audio part
+    max_files: Annotated[int, Field(ge=0)] = 8
+    max_pdf_pages: Annotated[int, Field(ge=1)] = 100  # one PDF
+
+
+class MediaSettings(_Strict):
+    """How media in requests is fetched (see README: images, audio and files)."""
+
+    # image_url parts with http(s) URLs are fetched; False: data URIs only.
+    allow_urls: bool = True
+    max_bytes: Annotated[int, Field(ge=1024)] = 20 * 1024 * 1024  # one fetched or decoded item
+    timeout_s: Annotated[float, Field(gt=0)] = 10.0  # one fetch, redirects included
+    max_redirects: Annotated[int, Field(ge=0, le=20)] = 5
+    # Host names (`example.com`, `*.example.com`) or addresses / networks (`10.1.2.0/24`). When
+    # given, only these are fetched; an address or network listed here may be private (a
+    # host name never unlocks one: private, loopback, link-local and metadata addresses are
+    # refused unless listed by address).
+    allowed_hosts: tuple[str, ...] = ()
+    denied_hosts: tuple[str, ...] = ()
 
 
 class SpeculationSettings(_Strict):
@@ -169,6 +193,7 @@ class ServerSettings(_Strict):
     api_keys_file: str | None = None
     api_keys_env: str | None = None
     limits: RequestLimits = RequestLimits()
+    media: MediaSettings = MediaSettings()
     # A generation still running this many seconds after its request arrived is cut short: its
     # choices end with finish_reason "length" (None: no limit).
     request_timeout_s: Annotated[float, Field(gt=0)] | None = 600.0
