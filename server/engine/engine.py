@@ -122,6 +122,7 @@ class Engine:
                 group=group,
                 cache=request.cache,
                 proposer=proposer_for(request, self.config),
+                media=request.media,
             )
             # Its sampler (torch tensors) is made on the engine thread.
             seq.payload = _Consumer(sink, request.mask_fn)

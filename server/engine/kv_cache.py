@@ -40,6 +40,9 @@ class PrefillSegment:
     length: int
     slot: int
     past: int  # tokens of this sequence already in the cache
+    # [start, end) spans of the chunk whose rows also attend to each other's later rows (Gemma 3's
+    # images); the scheduler never ends a chunk inside one.
+    spans: tuple[tuple[int, int], ...] = ()
 
     def blocks(self, size: int) -> list[tuple[int, int]]:
         """[start, end) positions of the chunk's query blocks."""
@@ -92,18 +95,30 @@ class StepLayout:
             self.masks[(-1, window)] = mask
         return mask
 
-    def block_mask(self, start: int, end: int, first_key: int, window: int | None) -> torch.Tensor | None:
-        """The boolean mask (True: attend) of query rows [start, end) over keys [first_key, end):
-        causal, and within `window` when given; None when plain causal attention is exactly it."""
-        if start == first_key and (window is None or end - first_key <= window):
+    def block_mask(
+        self,
+        start: int,
+        end: int,
+        first_key: int,
+        window: int | None,
+        spans: tuple[tuple[int, int], ...] = (),
+        last_key: int | None = None,
+    ) -> torch.Tensor | None:
+        """The boolean mask (True: attend) of query rows [start, end) over keys [first_key,
+        last_key or end): causal, or both within one of `spans`; within `window` when given; None
+        when plain causal attention is exactly it."""
+        keys_end = end if last_key is None else last_key
+        if start == first_key and not spans and (window is None or end - first_key <= window):
             return None
-        key = (start, end, -1 if window is None else window)
+        key = (start, end, -1 if window is None else window, keys_end, *(b for span in spans for b in span))
         mask = self.masks.get(key)
         if mask is None:
             device = self.decode_slots.device
             rows = torch.arange(start, end, device=device).unsqueeze(1)
-            cols = torch.arange(first_key, end, device=device).unsqueeze(0)
+            cols = torch.arange(first_key, keys_end, device=device).unsqueeze(0)
             mask = cols <= rows
+            for low, high in spans:
+                mask |= (rows >= low) & (rows < high) & (cols >= low) & (cols < high)
             if window is not None:
                 mask &= cols > rows - window
             self.masks[key] = mask
@@ -259,10 +274,12 @@ def packed_attention(
         for start, stop in seg.blocks(layout.block):
             at = seg.offset + start - seg.past
             first = 0 if sliding_window is None else max(0, start - sliding_window + 1)
+            spans = tuple(s for s in seg.spans if s[0] < stop and s[1] > start)
+            last = max([stop, *(s[1] for s in spans)])  # a span's rows see its later rows too
             q = query[at : at + stop - start].transpose(0, 1).unsqueeze(0)
-            k = keys[seg.slot : seg.slot + 1, :, first:stop]
-            v = values[seg.slot : seg.slot + 1, :, first:stop]
-            mask = layout.block_mask(start, stop, first, sliding_window)
+            k = keys[seg.slot : seg.slot + 1, :, first:last]
+            v = values[seg.slot : seg.slot + 1, :, first:last]
+            mask = layout.block_mask(start, stop, first, sliding_window, spans, last)
             attended = _attend_rows(q, k, v, mask, scale, softcap, s_aux)
             out[at : at + stop - start] = attended[0].transpose(0, 1)
     return out
@@ -346,6 +363,26 @@ def _no_mask(*args: object, **kwargs: object) -> None:
 
 
 def install(model: PreTrainedModel) -> None:
+    """This attention for the language model; a vision tower or audio encoder keeps its own (it
+    runs once per request on the whole input, outside the KV slots)."""
     AttentionInterface.register(ATTENTION_NAME, slot_attention)
     AttentionMaskInterface.register(ATTENTION_NAME, _no_mask)
-    model.set_attn_implementation(ATTENTION_NAME)
+    config = model.config
+    if config.get_text_config() is config:
+        model.set_attn_implementation(ATTENTION_NAME)
+        return
+    parts = {
+        name: getattr(config, name)._attn_implementation
+        for name in config.sub_configs
+        if getattr(config, name, None) is not None
+    }
+    parts[_text_config_name(config)] = ATTENTION_NAME
+    model.set_attn_implementation(parts)
+
+
+def _text_config_name(config: object) -> str:
+    text = config.get_text_config()  # type: ignore[attr-defined]
+    for name in config.sub_configs:  # type: ignore[attr-defined]
+        if getattr(config, name, None) is text:
+            return name
+    raise UnsupportedAttention(f"{type(config).__name__} names no text config among its parts")

@@ -7,7 +7,7 @@ import logging
 import torch
 from transformers import PreTrainedModel
 
-from server.engine import cpu_kernels, kv_cache, quantized
+from server.engine import cpu_kernels, kv_cache, media, quantized
 from server.engine.kv_cache import PrefillSegment, SlotKVCache, StepLayout, UnsupportedAttention
 from server.engine.lean_forward import LeanForward
 from server.engine.quantized import WeightFormat
@@ -36,6 +36,11 @@ class ModelRunner:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.vocab_size = int(model.config.get_text_config().vocab_size)
+        # Models with a vision tower or an audio encoder: prompts may hold rows from those, so the
+        # model is fed embeddings (and runs its own forward: the lean one reads token ids only).
+        self.multimodal = bool(media.placeholder_ids(model.config))
+        self.multi_axis = media.multi_axis(model.config)
+        lean = lean and not self.multimodal
         kv_cache.install(model)
         quantize = None
         if quantization is not None:
@@ -94,7 +99,9 @@ class ModelRunner:
             ids.extend(chunk.seq.token_ids[chunk.start : chunk.start + chunk.length])
             positions.extend(range(chunk.start, chunk.start + chunk.length))
             assert chunk.seq.slot is not None
-            segments.append(PrefillSegment(offset, chunk.length, chunk.seq.slot, chunk.start))
+            end = chunk.start + chunk.length
+            spans = tuple(span for span in chunk.seq.spans if span[0] < end and span[1] > chunk.start)
+            segments.append(PrefillSegment(offset, chunk.length, chunk.seq.slot, chunk.start, spans))
             if chunk.samples:
                 sample_at.append(len(ids) - 1)
         proposals = len(slots) > len(plan.decodes)
@@ -103,7 +110,18 @@ class ModelRunner:
         position_ids = torch.tensor([positions], device=self.device)
         # int64 even when empty: a step may only read prompt chunks and sample nothing.
         keep = torch.tensor(sample_at, dtype=torch.long, device=self.device)
-        if self.lean is not None and lean is not False:
+        if self.multimodal:
+            embeds = self._embeddings(input_ids[0], plan)
+            if self.multi_axis:
+                position_ids = self._axes(position_ids[0], plan)
+            logits = self.model(
+                inputs_embeds=embeds.unsqueeze(0),
+                position_ids=position_ids,
+                use_cache=False,
+                logits_to_keep=keep,
+                **{kv_cache.BATCH_KWARG: layout},
+            ).logits
+        elif self.lean is not None and lean is not False:
             logits = self.lean(input_ids, position_ids, keep, layout)
         else:
             logits = self.model(
@@ -114,6 +132,43 @@ class ModelRunner:
                 **{kv_cache.BATCH_KWARG: layout},
             ).logits
         return logits[0].float().cpu()
+
+    def _embeddings(self, ids: torch.Tensor, plan: StepPlan) -> torch.Tensor:
+        """[tokens, hidden]: the embedding table's rows, and the encoders' at media positions (a
+        request's media is encoded the first time a chunk of its prompt holds any)."""
+        embeds = self.model.get_input_embeddings()(ids.clamp(min=0))
+        if not bool((ids < 0).any()):
+            return embeds
+        offset = sum(1 + len(chunk.draft) for chunk in plan.decodes)
+        for chunk in plan.prefills:
+            held = chunk.seq.media
+            if held is not None:
+                start, end = chunk.start, chunk.start + chunk.length
+                inside = (held.positions >= start) & (held.positions < end)
+                if bool(inside.any()):
+                    media.encode(self.model, held, self.multi_axis)
+                    at = (held.positions[inside] + (offset - start)).to(self.device)
+                    embeds[at] = held.rows[inside.to(held.rows.device)].to(embeds.dtype)
+            offset += chunk.length
+        return embeds
+
+    def _axes(self, positions: torch.Tensor, plan: StepPlan) -> torch.Tensor:
+        """[3, 1, tokens] multi-axis rotary positions: a text token's are its position on every axis
+        (shifted past the media before it); a media row's, the model's own (media.PromptMedia.axes)."""
+        axes = positions.unsqueeze(0).repeat(3, 1)
+        offset = 0
+        counts = [1 + len(c.draft) for c in plan.decodes] + [c.length for c in plan.prefills]
+        for chunk, count in zip((*plan.decodes, *plan.prefills), counts, strict=True):
+            held = chunk.seq.media
+            if held is not None and held.axes is not None:
+                own = positions[offset : offset + count]
+                prompt = held.axes.shape[1]
+                later = own >= prompt
+                axes[:, offset : offset + count] = torch.where(
+                    later, own + held.axes_offset, held.axes.to(own.device)[:, own.clamp(max=prompt - 1)]
+                )
+            offset += count
+        return axes.unsqueeze(1)
 
     def _probe_own_forward(self) -> None:
         """A prompt read and a decode step through the model's own forward: a model whose attention

@@ -211,7 +211,13 @@ class Scheduler:
         the last block bound the budget reaches (see kv_cache.PrefillSegment)."""
         if seq.pending <= budget:
             return seq.pending
-        return max(0, (seq.num_computed + budget) // self.block * self.block - seq.num_computed)
+        end = (seq.num_computed + budget) // self.block * self.block
+        for low, high in seq.spans:  # never inside a span whose rows see each other's later rows
+            if low < end < high:
+                end = low // self.block * self.block
+                if end <= seq.num_computed:  # it starts this chunk: read it whole, over the budget
+                    end = min(len(seq.token_ids), -(-high // self.block) * self.block)
+        return max(0, end - seq.num_computed)
 
     def _fit_layout(self, plan: StepPlan) -> None:
         """Grows the capacity for the longest running sequence; preempts what no longer fits."""
@@ -264,7 +270,7 @@ class Scheduler:
             match = self.table.best_prefix(seq.token_ids, len(seq.token_ids) - 1, usable)
             if not seq.readmitted:  # a sequence back in the batch takes its own KV as it is
                 match = _allowed(match, seq.cache.reuse_at)
-            match = _aligned(match, self.block)
+            match = _aligned(match, self.block, seq.spans)
             target = self._slot_for(match, usable, seq.cache.key)
             if target is None:
                 break
@@ -314,9 +320,16 @@ class Scheduler:
         return False
 
 
-def _aligned(match: PrefixMatch | None, block: int) -> PrefixMatch | None:
+def _aligned(
+    match: PrefixMatch | None, block: int, spans: tuple[tuple[int, int], ...] = ()
+) -> PrefixMatch | None:
     """The match cut back to a block bound: the prompt's rows after it are then read in the same
-    blocks as without the cache (kv_cache.PrefillSegment), so a cached prompt gets the same answer."""
+    blocks as without the cache (kv_cache.PrefillSegment), so a cached prompt gets the same answer.
+    Never inside a span of rows that see each other's later rows (their keys depend on what follows)."""
+    if match is not None:
+        for low, high in spans:
+            if low < match.tokens < high:
+                match = PrefixMatch(match.slot, low, match.adopt, continues=False)
     if match is None:
         return None
     length = match.tokens // block * block

@@ -42,6 +42,14 @@ class Sequence:
     proposer: Any = field(default=None)  # speculation.Proposer: tokens to verify with each decode
     group: RequestGroup = field(default_factory=RequestGroup)
     cache: CachePolicy = field(default_factory=CachePolicy)
+    # engine.media.PromptMedia: prompt rows from encoders, shared by the request's choices; the
+    # prompt's tokens hold a negative id at each of its positions (see media.media_token_id).
+    media: Any = field(default=None)
+
+    @property
+    def spans(self) -> tuple[tuple[int, int], ...]:
+        """Prompt spans whose rows attend to each other both ways (Gemma 3's images)."""
+        return self.media.bidirectional if self.media is not None else ()
 
     @property
     def generated(self) -> int:

@@ -171,7 +171,7 @@ class NgramProposer:
                 continue
             after = self._after.get(tuple(tokens[-n:]))
             if after is not None:
-                return tokens[after : after + count]
+                return _before_media(tokens[after : after + count])
         return []
 
     def record(self, proposed: int, accepted: int) -> None:
@@ -183,6 +183,15 @@ class NgramProposer:
                 if stop >= n:
                     self._after[tuple(tokens[stop - n : stop])] = stop
         self._indexed = max(self._indexed, end + 1)
+
+
+def _before_media(proposal: list[int]) -> list[int]:
+    """A proposal up to the first prompt position an image or audio row stands at (a negative id:
+    never a token the model can sample)."""
+    for index, token in enumerate(proposal):
+        if token < 0:
+            return proposal[:index]
+    return proposal
 
 
 def proposer_for(request: EngineRequest, config: EngineConfig) -> Proposer | None:

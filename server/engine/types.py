@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -65,6 +66,7 @@ class EngineRequest:
     mask_fn: TokenMaskFn | None = None  # one per request: it holds that sequence's grammar state
     cache: CachePolicy = CachePolicy()
     prediction: tuple[int, ...] | None = None  # the request's `prediction`, tokenized: proposals
+    media: Any = None  # engine.media.PromptMedia: its images' and audio's rows, one for all choices
 
 
 @dataclass(slots=True, frozen=True)
