@@ -84,6 +84,7 @@ def create_app(
         request_timeout_s=settings.request_timeout_s,
         metrics=app_metrics,
         log_content=settings.log_content,
+        media=settings.media,
     )
     # Called by the CLI's server on SIGTERM.
     app.state.drain = lambda: lifecycle.drain(settings.shutdown_timeout_s, registry.abort_all)

@@ -14,6 +14,7 @@ import transformers
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import server
+from server.chat.media_prompt import MediaSupport
 from server.chat.params import ModelLimits
 from server.chat.reasoning import ReasoningSupport
 from server.chat.templating import ChatTemplater
@@ -51,6 +52,8 @@ class ServedModel:
     reasoning_tokens: frozenset[int]
     fingerprint: str
     created: int
+    media: MediaSupport | None = None  # models that take images or audio
+    input_modalities: tuple[str, ...] = ("text",)
 
 
 class ModelRegistry:
@@ -123,6 +126,12 @@ class ModelRegistry:
             defaults=spec.defaults,
             max_token_chars=tokens.max_token_chars,
         )
+        media = None
+        if loaded.processor is not None:
+            media = MediaSupport.build(loaded.processor, loaded.input_modalities, model.config)
+            logger.info("model %s: takes %s input", spec.id, " and ".join(sorted(media.modalities)))
+            if template is None:  # a multimodal checkpoint may keep its template with the processor
+                template = getattr(loaded.processor, "chat_template", None)
         templater = ChatTemplater(tokenizer, template)
         tool_parser = parser_for_template(templater.template, spec.tool_parser)
         templater.tool_format = tool_parser
@@ -158,6 +167,8 @@ class ModelRegistry:
             reasoning_tokens=frozenset(token_id for token_id in reasoning_ids if token_id is not None),
             fingerprint=_fingerprint(spec, loaded),
             created=int(time.time()),
+            media=media,
+            input_modalities=loaded.input_modalities,
         )
 
 

@@ -25,16 +25,19 @@ from server.chat.recording import record_builder, recorded
 from server.chat.registry import ModelRegistry, ServedModel
 from server.chat.templating import Prompt
 from server.chat.tools import plan_tools
-from server.config import RequestLimits
+from server.config import MediaSettings, RequestLimits
 from server.constrained.mask import GrammarMask
 from server.engine.engine import EngineStream
+from server.engine.media import PromptMedia
 from server.engine.types import EngineRequest, QueueFull
+from server.media.fetch import SafeFetcher
+from server.media.parts import MediaTarget, RequestMedia, read_media
 from server.metrics import Metrics
 from server.parsers.reasoning import OPEN as THINK_OPEN
 from server.parsers.reasoning import OutputParser, reasoning_parser
 from server.protocol.errors import RateLimited, UnsupportedParameter
 from server.protocol.limits import check_limits
-from server.protocol.request import ChatCompletionRequest
+from server.protocol.request import ChatCompletionRequest, TextPart, UserMessage
 from server.storage.writer import StoreWriter
 
 logger = logging.getLogger(__name__)
@@ -105,8 +108,10 @@ class ChatService:
         request_timeout_s: float | None = None,
         metrics: Metrics | None = None,
         log_content: bool = False,
+        media: MediaSettings | None = None,
     ) -> None:
         self._registry = registry
+        self._fetcher = SafeFetcher(media or MediaSettings())
         self._store_writer = store_writer
         self.limits = limits or RequestLimits()
         self._request_timeout_s = request_timeout_s
@@ -128,7 +133,9 @@ class ChatService:
         n = request.n or 1
         # Compiling a grammar, rendering the template and tokenizing take milliseconds, seconds for
         # a large schema or prompt: off the event loop, which keeps serving every other request.
-        constraint, masks, prompt, inside, prediction = await asyncio.to_thread(_prepare, request, served, n)
+        constraint, masks, prompt, inside, prediction, media = await asyncio.to_thread(
+            _prepare, request, served, n, self.limits, self._fetcher
+        )
         base_id = uuid.uuid4().hex
         cache = cache_policy(request, prompt)
         engine_requests = [
@@ -139,6 +146,7 @@ class ChatService:
                 mask_fn=masks[i],
                 cache=cache,
                 prediction=prediction,
+                media=media,
             )
             for i in range(n)
         ]
@@ -168,7 +176,8 @@ class ChatService:
             raise RateLimited(f"The server is busy ({exc}); retry shortly.") from exc
         pipelines = [_pipeline(request, constraint, served, inside) for _ in range(n)]
         observer = RequestObserver(self._metrics, header.model, started, n)
-        chunks = _generate(header, stream, pipelines, len(prompt.token_ids), observer)
+        audio_tokens = media.audio_rows if media is not None else 0
+        chunks = _generate(header, stream, pipelines, len(prompt.token_ids), observer, audio_tokens)
         if self._log_content:
             chunks = _logged(header.id, chunks)
         if request.store and self._store_writer is not None:
@@ -178,19 +187,30 @@ class ChatService:
 
 
 def _prepare(
-    request: ChatCompletionRequest, served: ServedModel, n: int
-) -> tuple[Constraint, list[GrammarMask | None], Prompt, bool, tuple[int, ...] | None]:
-    """The prompt (rendered with the tools and the reasoning setting, tokenized), the request's
-    grammar, compiled (a 400 if it cannot be enforced; free reasoning first where the model
-    thinks), one mask per choice, whether the output starts inside a think block, and the
-    prediction's tokens (the engine proposes them: speculative decoding)."""
+    request: ChatCompletionRequest, served: ServedModel, n: int, limits: RequestLimits, fetcher: SafeFetcher
+) -> tuple[Constraint, list[GrammarMask | None], Prompt, bool, tuple[int, ...] | None, PromptMedia | None]:
+    """The prompt (its media fetched and decoded, rendered with the tools and the reasoning
+    setting, tokenized, media expanded by the model's processor), the request's grammar, compiled
+    (a 400 if it cannot be enforced; free reasoning first where the model thinks), one mask per
+    choice, whether the output starts inside a think block, and the prediction's tokens (the
+    engine proposes them: speculative decoding)."""
+    request_media = _read_media(request, served, limits, fetcher)
     plan = plan_tools(request, served.templater.parallel_calls)
     thinking = served.reasoning.plan(request.reasoning_effort)
     variables = dict(thinking.template_kwargs)
     if request.verbosity is not None:
         variables["verbosity"] = request.verbosity
     tools = plan.tools if plan else ()
-    prompt = served.templater.render(request.messages, tools, variables, thinking.system_flag)
+    prompt = served.templater.render(request.messages, tools, variables, thinking.system_flag, request_media)
+    media = None
+    if request_media is not None and request_media.items:
+        assert served.media is not None  # read_media takes images and audio for such models only
+        if prompt.breakpoints:
+            raise UnsupportedParameter(
+                "prompt_cache_breakpoint",
+                "cannot be combined with image or audio parts yet: use automatic prompt caching",
+            )
+        prompt, media = served.media.attach(prompt, request_media)
     inside = served.reasoning.format in ("think", "granite") and prompt.text.rstrip().endswith(THINK_OPEN)
     first = reasoning_first(served.reasoning.format, thinking.thinks, inside, served.grammars.special_token)
     constraint = build_constraint(request, served.grammars, served.tool_parser, plan, first)
@@ -202,7 +222,27 @@ def _prepare(
     if text:
         ids = served.tokenizer.encode(text, add_special_tokens=False)
         prediction = tuple(ids[: served.limits.context_length])
-    return constraint, masks, prompt, inside, prediction
+    return constraint, masks, prompt, inside, prediction, media
+
+
+def _read_media(
+    request: ChatCompletionRequest, served: ServedModel, limits: RequestLimits, fetcher: SafeFetcher
+) -> RequestMedia | None:
+    """The request's image, audio and file parts fetched and decoded (None: it has none)."""
+    has_media = any(
+        isinstance(m, UserMessage)
+        and not isinstance(m.content, str)
+        and any(not isinstance(p, TextPart) for p in m.content)
+        for m in request.messages
+    )
+    if not has_media:
+        return None
+    target = (
+        served.media.target(served.spec.id)
+        if served.media is not None
+        else MediaTarget(served.spec.id, frozenset({"text"}))
+    )
+    return read_media(request.messages, target, limits, fetcher)
 
 
 def _pipeline(
@@ -239,6 +279,7 @@ async def _generate(
     pipelines: list[ChoicePipeline],
     prompt_tokens: int,
     observer: RequestObserver,
+    audio_tokens: int = 0,
 ) -> AsyncIterator[ChatCompletionChunk]:
     """Nothing is yielded before the engine's first output: a refusal is raised before any chunk."""
     build = _ChunkBuilder(header)
@@ -268,6 +309,7 @@ async def _generate(
     yield build.usage(
         prompt_tokens,
         cached_tokens,
+        audio_tokens,
         CompletionTokensDetails(
             reasoning_tokens=sum(p.reasoning_tokens for p in pipelines),
             audio_tokens=0,
@@ -331,6 +373,7 @@ class _ChunkBuilder:
         self,
         prompt_tokens: int,
         cached_tokens: int,
+        audio_tokens: int,
         details: CompletionTokensDetails,
         generated_tokens: int,
     ) -> ChatCompletionChunk:
@@ -341,7 +384,7 @@ class _ChunkBuilder:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
-            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens, audio_tokens=0),
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens, audio_tokens=audio_tokens),
             completion_tokens_details=details,
         )
         return self._chunk([], usage)

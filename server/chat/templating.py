@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from server.chat.call_ids import ANY, CANDIDATES, CallIdFormat
 from server.chat.tools import builtin_tool_prompt, template_tools
 from server.engine.slots import common_prefix
+from server.media.parts import RequestMedia
 from server.parsers.base import ToolCallParser
 from server.parsers.events import ToolSpec
 from server.parsers.hermes import HermesParser
@@ -148,16 +149,20 @@ class ChatTemplater:
         tools: tuple[ToolSpec, ...] = (),
         variables: dict[str, Any] | None = None,
         system_flag: str | None = None,
+        media: RequestMedia | None = None,
     ) -> Prompt:
         """`variables`: what the template is given besides the messages and tools (verbosity,
-        reasoning switches); `system_flag`: text the system prompt ends with (`/no_think`)."""
-        text = self._text(messages, tools, variables, system_flag)
+        reasoning switches); `system_flag`: text the system prompt ends with (`/no_think`);
+        `media`: what the request's image, audio and file parts became (media.parts)."""
+        text = self._text(messages, tools, variables, system_flag, media)
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         marked, ttls = _with_markers(messages)
         if not ttls:
             return Prompt(text, ids)
         return Prompt(
-            text, ids, self._breakpoints(self._text(marked, tools, variables, system_flag), ttls, text, ids)
+            text,
+            ids,
+            self._breakpoints(self._text(marked, tools, variables, system_flag, media), ttls, text, ids),
         )
 
     def _breakpoints(
@@ -189,8 +194,9 @@ class ChatTemplater:
         tools: tuple[ToolSpec, ...],
         variables: dict[str, Any] | None = None,
         system_flag: str | None = None,
+        media: RequestMedia | None = None,
     ) -> str:
-        converted = self._convert(messages)
+        converted = self._convert(messages, media)
         extra: dict[str, Any] = dict(variables or {})
         if tools and self.tools_from == "variable":
             extra["tools"] = template_tools(tools)
@@ -220,7 +226,7 @@ class ChatTemplater:
             ) from exc
         return str(text)
 
-    def _convert(self, messages: list[Message]) -> list[dict[str, Any]]:
+    def _convert(self, messages: list[Message], media: RequestMedia | None = None) -> list[dict[str, Any]]:
         system_parts: list[str] = []
         out: list[dict[str, Any]] = []
         results_turn: dict[str, Any] | None = None
@@ -231,7 +237,9 @@ class ChatTemplater:
                 else:
                     system_parts.append(_text(message.content))
             elif isinstance(message, UserMessage):
-                out.append(_named({"role": "user", "content": _user_text(message, index)}, message.name))
+                out.append(
+                    _named({"role": "user", "content": _user_content(message, index, media)}, message.name)
+                )
             elif isinstance(message, AssistantMessage):
                 out.append(self._assistant(message))
             elif isinstance(message, ToolMessage | FunctionMessage):
@@ -342,18 +350,33 @@ def _text(content: str | list[TextPart]) -> str:
     return PART_SEPARATOR.join(part.text for part in content)
 
 
-def _user_text(message: UserMessage, index: int) -> str:
+def _user_content(message: UserMessage, index: int, media: RequestMedia | None) -> str | list[dict[str, Any]]:
+    """The user turn's text; where it holds images or audio, the list of its items as multimodal
+    templates read them ({"type": "text", "text": ...}, {"type": "image"}, {"type": "audio"}),
+    adjacent text joined."""
     if isinstance(message.content, str):
         return message.content
-    texts: list[str] = []
+    items: list[dict[str, Any]] = []
     for part_index, part in enumerate(message.content):
-        if not isinstance(part, TextPart):
+        if isinstance(part, TextPart):
+            pieces: list[Any] = [part.text]
+        elif media is not None and (index, part_index) in media.parts:
+            pieces = media.parts[(index, part_index)]
+        else:
             raise UnsupportedParameter(
                 f"messages[{index}].content[{part_index}]",
-                f"is a '{part.type}' content part; this server accepts text parts only so far",
+                f"is a '{part.type}' content part, which is not read here",
             )
-        texts.append(part.text)
-    return PART_SEPARATOR.join(texts)
+        for piece in pieces:
+            if not isinstance(piece, str):
+                items.append({"type": piece.kind})
+            elif items and items[-1]["type"] == "text":
+                items[-1]["text"] += PART_SEPARATOR + piece
+            else:
+                items.append({"type": "text", "text": piece})
+    if any(item["type"] != "text" for item in items):
+        return items
+    return items[0]["text"] if items else ""
 
 
 def _assistant_text(message: AssistantMessage) -> str:

@@ -10,12 +10,22 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+import transformers
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from server.config import ModelSpec, ServerSettings
+from server.engine.media import placeholder_ids
 from server.engine.quantized import WeightFormat
 
 logger = logging.getLogger(__name__)
@@ -35,6 +45,20 @@ class LoadedModel:
     dtype: torch.dtype
     device: str
     from_gguf: bool = False
+    # Models that take images or audio: the checkpoint's processor (AutoProcessor), which turns
+    # them into the model's inputs and expands their placeholder tokens.
+    processor: Any = None
+
+    @property
+    def input_modalities(self) -> tuple[str, ...]:
+        if self.processor is None:
+            return ("text",)
+        found = ["text"]
+        if getattr(self.processor, "image_processor", None) is not None:
+            found.append("image")
+        if getattr(self.processor, "feature_extractor", None) is not None:
+            found.append("audio")
+        return tuple(found)
 
     def weight_format(self, setting: str) -> WeightFormat | None:
         """models.yaml `quantization` for this model: "auto" keeps a GGUF file's 4-bit weights
@@ -122,13 +146,27 @@ def load_model(spec: ModelSpec, settings: ServerSettings, base_dir: Path) -> Loa
     location, gguf_file = source.location, source.gguf_file
     if gguf_file:
         location, gguf_file = converted_gguf(spec, source, settings), None
-    logger.info("model %s: loading tokenizer from %s", spec.id, location)
-    tokenizer = AutoTokenizer.from_pretrained(
-        location, revision=spec.source.revision, trust_remote_code=spec.trust_remote_code
-    )
+    options: dict[str, Any] = {"revision": spec.source.revision, "trust_remote_code": spec.trust_remote_code}
+    config = AutoConfig.from_pretrained(location, **options)
+    processor = None
+    model_class: Any = AutoModelForCausalLM
+    if is_multimodal(config):
+        logger.info("model %s: loading its processor (images / audio) from %s", spec.id, location)
+        try:
+            processor = AutoProcessor.from_pretrained(location, **options)
+        except Exception as exc:  # a missing optional package (torchvision for Qwen2-VL) among others
+            raise ModelLoadError(
+                f"model {spec.id!r}: its processor ({config.model_type}) does not load: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        tokenizer = processor.tokenizer
+        model_class = _multimodal_class(config)
+    else:
+        logger.info("model %s: loading tokenizer from %s", spec.id, location)
+        tokenizer = AutoTokenizer.from_pretrained(location, **options)
     plain_device = isinstance(device, str) and device.split(":")[0] in _PLAIN_DEVICES
     logger.info("model %s: loading weights (%s) onto %s", spec.id, str(dtype).removeprefix("torch."), device)
-    model = AutoModelForCausalLM.from_pretrained(
+    model = model_class.from_pretrained(
         location,
         revision=spec.source.revision,
         dtype=dtype,
@@ -136,10 +174,26 @@ def load_model(spec: ModelSpec, settings: ServerSettings, base_dir: Path) -> Loa
         trust_remote_code=spec.trust_remote_code,
     )
     if plain_device and isinstance(device, str):
-        model = model.to(device)  # type: ignore[arg-type]  # transformers types `to` for its decorator
+        model = model.to(device)
     model.eval()
     placed = device if isinstance(device, str) else "device_map"
-    return LoadedModel(model, tokenizer, dtype, placed, from_gguf=source.gguf_file is not None)
+    return LoadedModel(
+        model, tokenizer, dtype, placed, from_gguf=source.gguf_file is not None, processor=processor
+    )
+
+
+def is_multimodal(config: Any) -> bool:
+    """A checkpoint with a vision tower or an audio encoder beside its language model."""
+    return config.get_text_config() is not config and bool(placeholder_ids(config))
+
+
+def _multimodal_class(config: Any) -> Any:
+    """The checkpoint's own class (its architecture's name), else the image-text-to-text auto class."""
+    for name in getattr(config, "architectures", None) or ():
+        found = getattr(transformers, name, None)
+        if found is not None:
+            return found
+    return AutoModelForImageTextToText
 
 
 def converted_gguf(spec: ModelSpec, source: ResolvedSource, settings: ServerSettings) -> str:

@@ -89,7 +89,7 @@ async def test_schema_violations_are_400_naming_the_param(
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "f"}}]}]},
-            "messages[0].content[0]",
+            "messages[0].content[0].file.file_id",
         ),
     ],
 )

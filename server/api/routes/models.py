@@ -21,8 +21,17 @@ class ModelList(BaseModel):
 
 def _model(registry: ModelRegistry, model_id: str) -> Model:
     served = {m.spec.id: m for m in registry.served()}
-    created = served[model_id].created if model_id in served else 0
-    return Model(id=model_id, object="model", created=created, owned_by=OWNER)
+    if model_id not in served:
+        return Model(id=model_id, object="model", created=0, owned_by=OWNER)
+    model = served[model_id]
+    # Beside OpenAI's fields: what the model takes ("text", "image", "audio").
+    return Model(
+        id=model_id,
+        object="model",
+        created=model.created,
+        owned_by=OWNER,
+        input_modalities=list(model.input_modalities),  # type: ignore[call-arg]
+    )
 
 
 @router.get("/v1/models", response_model=ModelList)
