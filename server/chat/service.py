@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from openai.types.chat import ChatCompletionChunk
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 # The tier a response reports for the one asked for: every tier runs the same here; `fast` is
 # reported as `priority`, as OpenAI does.
 _SERVICE_TIERS = {"auto": "default", "fast": "priority"}
+_MEDIA_THREADS = 16  # requests fetching and decoding media at once
 
 
 @dataclass(slots=True)
@@ -112,6 +114,7 @@ class ChatService:
     ) -> None:
         self._registry = registry
         self._fetcher = SafeFetcher(media or MediaSettings())
+        self._media_threads = ThreadPoolExecutor(_MEDIA_THREADS, thread_name_prefix="media")
         self._store_writer = store_writer
         self.limits = limits or RequestLimits()
         self._request_timeout_s = request_timeout_s
@@ -133,8 +136,15 @@ class ChatService:
         n = request.n or 1
         # Compiling a grammar, rendering the template and tokenizing take milliseconds, seconds for
         # a large schema or prompt: off the event loop, which keeps serving every other request.
+        request_media = None
+        if _has_media(request):
+            # Fetching an image may take up to server.media.timeout_s: on threads of its own, so
+            # that slow URLs cannot hold the threads every other request's template is rendered on.
+            request_media = await asyncio.get_running_loop().run_in_executor(
+                self._media_threads, _read_media, request, served, self.limits, self._fetcher
+            )
         constraint, masks, prompt, inside, prediction, media = await asyncio.to_thread(
-            _prepare, request, served, n, self.limits, self._fetcher
+            _prepare, request, served, n, request_media
         )
         base_id = uuid.uuid4().hex
         cache = cache_policy(request, prompt)
@@ -187,14 +197,13 @@ class ChatService:
 
 
 def _prepare(
-    request: ChatCompletionRequest, served: ServedModel, n: int, limits: RequestLimits, fetcher: SafeFetcher
+    request: ChatCompletionRequest, served: ServedModel, n: int, request_media: RequestMedia | None
 ) -> tuple[Constraint, list[GrammarMask | None], Prompt, bool, tuple[int, ...] | None, PromptMedia | None]:
-    """The prompt (its media fetched and decoded, rendered with the tools and the reasoning
-    setting, tokenized, media expanded by the model's processor), the request's grammar, compiled
-    (a 400 if it cannot be enforced; free reasoning first where the model thinks), one mask per
-    choice, whether the output starts inside a think block, and the prediction's tokens (the
-    engine proposes them: speculative decoding)."""
-    request_media = _read_media(request, served, limits, fetcher)
+    """The prompt (rendered with the tools, the reasoning setting and the request's media,
+    tokenized, media expanded by the model's processor), the request's grammar, compiled (a 400
+    if it cannot be enforced; free reasoning first where the model thinks), one mask per choice,
+    whether the output starts inside a think block, and the prediction's tokens (the engine
+    proposes them: speculative decoding)."""
     plan = plan_tools(request, served.templater.parallel_calls)
     thinking = served.reasoning.plan(request.reasoning_effort)
     variables = dict(thinking.template_kwargs)
@@ -225,18 +234,19 @@ def _prepare(
     return constraint, masks, prompt, inside, prediction, media
 
 
-def _read_media(
-    request: ChatCompletionRequest, served: ServedModel, limits: RequestLimits, fetcher: SafeFetcher
-) -> RequestMedia | None:
-    """The request's image, audio and file parts fetched and decoded (None: it has none)."""
-    has_media = any(
+def _has_media(request: ChatCompletionRequest) -> bool:
+    return any(
         isinstance(m, UserMessage)
         and not isinstance(m.content, str)
         and any(not isinstance(p, TextPart) for p in m.content)
         for m in request.messages
     )
-    if not has_media:
-        return None
+
+
+def _read_media(
+    request: ChatCompletionRequest, served: ServedModel, limits: RequestLimits, fetcher: SafeFetcher
+) -> RequestMedia:
+    """The request's image, audio and file parts fetched and decoded (blocking)."""
     target = (
         served.media.target(served.spec.id)
         if served.media is not None

@@ -99,6 +99,7 @@ def encode(model: PreTrainedModel, media: PromptMedia, multi_axis: bool) -> None
     if embeds is None:
         raise RuntimeError(f"{type(model).__name__} did not hand its language model merged embeddings")
     media.rows = embeds[0, media.positions.to(embeds.device)].detach()
+    media.inputs = {}  # pixels and features are not needed again (a recompute takes the rows)
     if multi_axis:
         positions = seen.get("position_ids")
         if positions is None or positions.dim() != 3:

@@ -11,7 +11,7 @@ LAYERS: list[set[str]] = [
     {"config", "logs"},
     {"protocol"},  # request/stored schemas, limits, errors: the wire protocol
     {"engine"},  # scheduling, KV slots, model forward, sampling
-    {"constrained", "storage"},  # grammars and masks; the completion store
+    {"constrained", "storage", "media"},  # grammars and masks; the completion store; request media
     {"parsers", "metrics"},  # tool-call/reasoning formats; Prometheus metrics
     {"models"},  # loading checkpoints, token tables
     {"chat"},  # templates, tools, per-choice pipelines, the served-model registry

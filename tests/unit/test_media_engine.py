@@ -51,9 +51,10 @@ def qwen2_vl() -> transformers.Qwen2VLForConditionalGeneration:
     return model
 
 
-@pytest.mark.parametrize("max_batch_tokens", [512, 8])
-def test_qwen2_vl_image_rows_and_positions_match_transformers(max_batch_tokens: int) -> None:
-    model = qwen2_vl()
+def image_prompt(
+    model: transformers.Qwen2VLForConditionalGeneration,
+) -> tuple[list[int], list[int], media.PromptMedia]:
+    """(the engine's prompt, transformers' greedy tokens after it, the prompt's media)."""
     pixels = np.random.RandomState(0).randint(0, 255, (56, 84, 3), dtype=np.uint8)
     images = transformers.Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112)
     processed = images(images=[Image.fromarray(pixels)], return_tensors="pt")
@@ -67,36 +68,69 @@ def test_qwen2_vl_image_rows_and_positions_match_transformers(max_batch_tokens: 
     }
     with torch.no_grad():
         expected = model.generate(**inputs, max_new_tokens=NEW, do_sample=False)[0, len(ids) :].tolist()
-
-    runner = ModelRunner(model)
-    assert runner.multi_axis
     held = media.PromptMedia(
         inputs=inputs, positions=torch.tensor([i for i, t in enumerate(ids) if t == IMAGE])
     )
-    prompt = [media.media_token_id(b"image-1") if t == IMAGE else t for t in ids]
-    block = 8 if max_batch_tokens == 8 else 32
+    return [media.media_token_id(b"image-1") if t == IMAGE else t for t in ids], expected, held
+
+
+def step(runner: ModelRunner, scheduler: Scheduler) -> None:
+    plan = scheduler.schedule()
+    logits = runner.run(plan)
+    scheduler.update(plan)
+    for seq, row in zip([c.seq for c in plan.chunks if c.samples], logits, strict=True):
+        seq.token_ids.append(int(row.argmax()))
+        if seq.generated >= seq.params.max_tokens:
+            scheduler.finish(seq)
+
+
+def run_all(runner: ModelRunner, scheduler: Scheduler, seqs: list[Sequence]) -> None:
+    while any(s.generated < s.params.max_tokens for s in seqs):
+        step(runner, scheduler)
+
+
+@pytest.mark.parametrize("max_batch_tokens", [512, 8])
+def test_qwen2_vl_image_rows_and_positions_match_transformers(max_batch_tokens: int) -> None:
+    model = qwen2_vl()
+    prompt, expected, held = image_prompt(model)
+    runner = ModelRunner(model)
+    assert runner.multi_axis
     config = EngineConfig(
         max_running=4,
         max_kv_tokens=1024,
         max_batch_tokens=max_batch_tokens,
         min_capacity=64,
         context_length=256,
-        prefill_block=block,
+        prefill_block=8 if max_batch_tokens == 8 else 32,
     )
-    scheduler = Scheduler(config)
     greedy = SamplingParams(max_tokens=NEW, temperature=0.0)
     seqs = [
         Sequence("image", list(prompt), len(prompt), greedy, media=held),
         Sequence("text", [5, 6, 7] * 5, 15, greedy),
     ]
+    scheduler = Scheduler(config)
     scheduler.add(seqs)
-    while any(s.generated < NEW for s in seqs):
-        plan = scheduler.schedule()
-        logits = runner.run(plan)
-        scheduler.update(plan)
-        for seq, row in zip([c.seq for c in plan.chunks if c.samples], logits, strict=True):
-            seq.token_ids.append(int(row.argmax()))
-            if seq.generated >= NEW:
-                scheduler.finish(seq)
+    run_all(runner, scheduler, seqs)
     assert seqs[0].token_ids[len(prompt) :] == expected
     assert held.axes is not None and held.axes_offset < 0  # later text continues from the image's last axis
+
+
+def test_a_preempted_sequence_recomputes_its_image_rows() -> None:
+    model = qwen2_vl()
+    prompt, expected, held = image_prompt(model)
+    runner = ModelRunner(model)
+    scheduler = Scheduler(
+        EngineConfig(max_running=4, max_kv_tokens=256, min_capacity=64, max_batch_tokens=256)
+    )
+    long_text = Sequence("text", [9] * 60, 60, SamplingParams(max_tokens=150, temperature=0.0))
+    scheduler.add([long_text])
+    while long_text.generated < 60:  # 120 tokens: a second slot of 128 still fits beside it
+        step(runner, scheduler)
+    image = Sequence(
+        "image", list(prompt), len(prompt), SamplingParams(max_tokens=NEW, temperature=0.0), media=held
+    )
+    scheduler.add([image])
+    run_all(runner, scheduler, [long_text, image])
+    # The text outgrew the budget beside it (256 tokens: one slot): the image sequence left, came back.
+    assert image.preemptions >= 1
+    assert image.token_ids[len(prompt) :] == expected
