@@ -21,7 +21,7 @@ from server.api.routes import chat, health, metrics, models, stored
 from server.chat.registry import ModelRegistry
 from server.chat.service import ChatService
 from server.config import ServerConfig
-from server.metrics import Metrics
+from server.metrics import Metrics, ModelStatus
 from server.storage.records import CompletionStore
 from server.storage.sql_store import SqlCompletionStore
 from server.storage.writer import StoreWriter
@@ -69,7 +69,14 @@ def create_app(
     )
     settings = config.server
     lifecycle = Lifecycle()
-    app_metrics = Metrics(lambda: [(m.spec.id, m.engine.engine.stats) for m in registry.served()], writer)
+    app_metrics = Metrics(
+        lambda: [(m.spec.id, m.engine.engine.stats) for m in registry.served()],
+        writer,
+        lambda: [
+            ModelStatus(s.spec.id, s.state.value, s.loads, s.unloads, s.reserved_bytes)
+            for s in registry.slots()
+        ],
+    )
     app.state.registry = registry
     app.state.api_keys = api_keys
     app.state.store = store

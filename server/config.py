@@ -136,9 +136,43 @@ class ReasoningSettings(_Strict):
     parser: Literal["think", "granite", "harmony", "none"] | None = None
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """Seconds as a number, or "30s" / "5m" / "1h" (Ollama's keep_alive style); -1: forever."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        unit = _DURATION_UNITS.get(text[-1:]) if text else None
+        try:
+            return float(text[:-1]) * unit if unit is not None else float(text)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a duration (seconds, or e.g. 30s, 5m, 1h; -1: never)"
+            ) from None
+    return value
+
+
 class ModelSpec(_Strict):
     id: Annotated[str, Field(min_length=1, max_length=256)]
     source: ModelSource
+    # Other names requests and /v1/models may use for it (`gpt-4o-mini`).
+    aliases: tuple[Annotated[str, Field(min_length=1, max_length=256)], ...] = ()
+    # "startup": loaded when the server starts; "on_demand": on its first request. Default: the
+    # first model in the file at start-up, every other one on demand.
+    load: Literal["startup", "on_demand"] | None = None
+    # Idle seconds (or "5m") after which it is unloaded; -1: never. Default: never for a model
+    # loaded at start-up, 5 minutes for one loaded on demand.
+    keep_alive: float | None = None
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        value = parse_duration(value)
+        if isinstance(value, int | float) and value < 0 and value != -1:
+            raise ValueError("keep_alive must be 0 or more seconds, or -1 (never unloaded)")
+        return value
+
     dtype: Dtype = "auto"  # the activations' dtype
     # Linear weights kept as int8 (a scale per row) or int4 (groups of 32): less memory, faster
     # decoding on the CPU (the CPU only, so far). "auto": a GGUF file's 4-bit weights stay 4-bit
@@ -194,6 +228,11 @@ class ServerSettings(_Strict):
     api_keys_env: str | None = None
     limits: RequestLimits = RequestLimits()
     media: MediaSettings = MediaSettings()
+    # The most memory the loaded models may take together, each counted as its weights plus its
+    # KV budget: bytes for every device, or per device ({cpu: 8000000000, cuda: 70000000000},
+    # `cuda` for each GPU or `cuda:N`). Least recently used idle models are unloaded to make room;
+    # None: no limit.
+    max_loaded_bytes: Annotated[int, Field(ge=1)] | dict[str, Annotated[int, Field(ge=1)]] | None = None
     # A generation still running this many seconds after its request arrived is cut short: its
     # choices end with finish_reason "length" (None: no limit).
     request_timeout_s: Annotated[float, Field(gt=0)] | None = 600.0
@@ -235,9 +274,10 @@ class ServerConfig(_Strict):
     def _unique_ids(self) -> ServerConfig:
         seen: set[str] = set()
         for spec in self.models:
-            if spec.id in seen:
-                raise ValueError(f"model id {spec.id!r} is declared twice")
-            seen.add(spec.id)
+            for name in (spec.id, *spec.aliases):
+                if name in seen:
+                    raise ValueError(f"model id or alias {name!r} is declared twice")
+                seen.add(name)
         return self
 
     @model_validator(mode="after")

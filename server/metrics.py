@@ -7,6 +7,7 @@ waiting sequences, KV memory) is read from each engine's published snapshot when
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -21,10 +22,28 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 TOKEN_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0)
 
 EngineStatsSource = Callable[[], Iterable[tuple[str, EngineStats]]]
+MODEL_STATES = ("unloaded", "loading", "ready", "failed")
+
+
+@dataclass(slots=True, frozen=True)
+class ModelStatus:
+    model: str
+    state: str  # one of MODEL_STATES
+    loads: int  # completed loads since start
+    unloads: int
+    memory_bytes: int  # counted against server.max_loaded_bytes
+
+
+ModelStatusSource = Callable[[], Iterable[ModelStatus]]
 
 
 class Metrics:
-    def __init__(self, engine_stats: EngineStatsSource, store_writer: StoreWriter | None = None) -> None:
+    def __init__(
+        self,
+        engine_stats: EngineStatsSource,
+        store_writer: StoreWriter | None = None,
+        models: ModelStatusSource | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -81,6 +100,8 @@ class Metrics:
             registry=r,
         )
         r.register(_EngineCollector(engine_stats))
+        if models is not None:
+            r.register(_ModelCollector(models))
         if store_writer is not None:
             r.register(_StoreCollector(store_writer))
 
@@ -126,6 +147,30 @@ _ENGINE_COUNTERS = {
     ),
     "accepted_tokens": ("speculative_accepted_tokens", "Proposed tokens accepted"),
 }
+
+
+class _ModelCollector(Collector):
+    """Each configured model's lifecycle: its state (1 for the state it is in), loads, unloads."""
+
+    def __init__(self, source: ModelStatusSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            f"{PREFIX}_model_state", "1 for the state each model is in", labels=["model", "state"]
+        )
+        memory = GaugeMetricFamily(
+            f"{PREFIX}_model_memory_bytes", "Memory a model counts against max_loaded_bytes", labels=["model"]
+        )
+        loads = CounterMetricFamily(f"{PREFIX}_model_loads", "Completed model loads", labels=["model"])
+        unloads = CounterMetricFamily(f"{PREFIX}_model_unloads", "Model unloads", labels=["model"])
+        for status in self._source():
+            for name in MODEL_STATES:
+                state.add_metric([status.model, name], float(status.state == name))
+            memory.add_metric([status.model], status.memory_bytes)
+            loads.add_metric([status.model], status.loads)
+            unloads.add_metric([status.model], status.unloads)
+        yield from (state, memory, loads, unloads)
 
 
 class _StoreCollector(Collector):

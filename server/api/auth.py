@@ -21,22 +21,29 @@ DEFAULT_PROJECT = "default"
 
 
 @dataclass(slots=True, frozen=True)
-class ApiKeys:
-    keys: tuple[tuple[bytes, str], ...]  # (key, project)
+class ApiKey:
+    key: bytes
+    project: str
+    admin: bool = False  # may load and unload models
 
-    def project_of(self, candidate: bytes) -> str | None:
+
+@dataclass(slots=True, frozen=True)
+class ApiKeys:
+    keys: tuple[ApiKey, ...]
+
+    def find(self, candidate: bytes) -> ApiKey | None:
         """Compares against every key in constant time, so timing tells nothing about which matched."""
-        found: str | None = None
-        for key, project in self.keys:
-            if hmac.compare_digest(candidate, key) and found is None:
-                found = project
+        found: ApiKey | None = None
+        for entry in self.keys:
+            if hmac.compare_digest(candidate, entry.key) and found is None:
+                found = entry
         return found
 
 
 def load_api_keys(config: ServerConfig) -> ApiKeys | None:
     """None when no key is configured: the server is open."""
     settings = config.server
-    pairs: list[tuple[str, str]] = []
+    pairs: list[ApiKey] = []
     if settings.api_keys_file is not None:
         pairs += _from_file((config.base_dir / settings.api_keys_file).expanduser())
     if settings.api_keys_env is not None:
@@ -48,17 +55,19 @@ def load_api_keys(config: ServerConfig) -> ApiKeys | None:
         pairs += _from_env(raw, settings.api_keys_env)
     if not pairs:
         return None
-    return ApiKeys(tuple((key.encode(), project) for key, project in pairs))
+    return ApiKeys(tuple(pairs))
 
 
-def _from_file(path: Path) -> list[tuple[str, str]]:
+def _from_file(path: Path) -> list[ApiKey]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"server.api_keys_file: cannot read {path}: {exc}") from exc
     entries = data.get("keys") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"server.api_keys_file: {path} must hold `keys: [{{key: ..., project: ...}}, ...]`")
+        raise ConfigError(
+            f"server.api_keys_file: {path} must hold `keys: [{{key: ..., project: ..., admin: false}}, ...]`"
+        )
     pairs = []
     for index, entry in enumerate(entries):
         key = entry.get("key") if isinstance(entry, dict) else None
@@ -66,17 +75,20 @@ def _from_file(path: Path) -> list[tuple[str, str]]:
             raise ConfigError(
                 f"server.api_keys_file: {path}: keys[{index}].key must be a string of 8+ characters"
             )
-        pairs.append((key, str(entry.get("project") or DEFAULT_PROJECT)))
+        admin = entry.get("admin", False)
+        if not isinstance(admin, bool):
+            raise ConfigError(f"server.api_keys_file: {path}: keys[{index}].admin must be true or false")
+        pairs.append(ApiKey(key.encode(), str(entry.get("project") or DEFAULT_PROJECT), admin))
     return pairs
 
 
-def _from_env(raw: str, name: str) -> list[tuple[str, str]]:
+def _from_env(raw: str, name: str) -> list[ApiKey]:
     pairs = []
     for item in filter(None, (part.strip() for part in raw.split(","))):
         key, _, project = item.partition("=")
         if len(key) < 8:
             raise ConfigError(f"server.api_keys_env: a key in {name} is shorter than 8 characters")
-        pairs.append((key, project or DEFAULT_PROJECT))
+        pairs.append(ApiKey(key.encode(), project or DEFAULT_PROJECT))
     return pairs
 
 
@@ -97,15 +109,17 @@ class ApiKeyGate:
         if scope["type"] != "http" or not self._guarded(scope["path"]) or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        project = "" if self.keys is None else self._project(scope)
-        if isinstance(project, AuthenticationFailed):
+        # No keys configured: the server is open, and every caller may administer it.
+        found = ApiKey(b"", "", admin=True) if self.keys is None else self._key(scope)
+        if isinstance(found, AuthenticationFailed):
             # Connection: close, since the body (if any) was never read.
-            await send_error(send, project, headers=((b"connection", b"close"),))
+            await send_error(send, found, headers=((b"connection", b"close"),))
             return
-        scope.setdefault("state", {})["project"] = project
+        state = scope.setdefault("state", {})
+        state["project"], state["admin"] = found.project, found.admin
         await self.app(scope, receive, send)
 
-    def _project(self, scope: dict) -> str | AuthenticationFailed:
+    def _key(self, scope: dict) -> ApiKey | AuthenticationFailed:
         assert self.keys is not None
         header = b""
         for name, value in scope.get("headers") or ():
@@ -118,11 +132,11 @@ class ApiKeyGate:
             return AuthenticationFailed(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
             )
-        project = self.keys.project_of(presented)
-        if project is None:
+        found = self.keys.find(presented)
+        if found is None:
             shown = _masked(presented.decode("utf-8", errors="replace"))
             return AuthenticationFailed(f"Incorrect API key provided: {printable(shown)}.")
-        return project
+        return found
 
 
 def _masked(key: str) -> str:

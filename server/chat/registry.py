@@ -1,234 +1,346 @@
-"""Model id -> the loaded model, its tokenizer, templater and engine."""
+"""Model id (or alias) -> a served model, loaded at start-up or on its first request, unloaded when
+idle past its keep_alive or to make room under `server.max_loaded_bytes` (least recently used
+first). Requests hold a lease on the model they use: a model with leases or sequences in its
+engine is never unloaded."""
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
+import enum
+import gc
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
-import transformers
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-import server
-from server.chat.media_prompt import MediaSupport
-from server.chat.params import ModelLimits
-from server.chat.reasoning import ReasoningSupport
-from server.chat.templating import ChatTemplater
+from server.chat.served_model import ServedModel, build_served
 from server.config import ModelSpec, ServerConfig
-from server.constrained.compiler import GrammarCompiler
-from server.engine.engine import AsyncEngine, Engine
-from server.engine.model_runner import ModelRunner
-from server.engine.types import EngineConfig
-from server.models.loader import LoadedModel, load_model
-from server.models.token_table import TokenTable
-from server.parsers.base import ToolCallParser
-from server.parsers.reasoning import SYNTAX_MARKERS
-from server.parsers.registry import parser_for_template
-from server.protocol.errors import ModelNotFound, ServiceUnavailable
+from server.models.footprint import estimate_bytes
+from server.protocol.errors import ModelNotFound, RateLimited, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
-FALLBACK_CONTEXT_LENGTH = 2048
+ON_DEMAND_KEEP_ALIVE_S = 300.0  # an on-demand model's default idle time before it is unloaded
+_POLL_S = 0.05
+_REAPER_PERIOD_S = 0.5
+_FULL_RETRY_AFTER_S = 5  # Retry-After while no memory can be freed for a model
+
+
+class ModelState(enum.Enum):
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(slots=True, eq=False)
+class ModelSlot:
+    spec: ModelSpec
+    at_startup: bool
+    keep_alive_s: float | None  # None: never unloaded when idle
+    state: ModelState = ModelState.UNLOADED
+    served: ServedModel | None = None
+    error: str | None = None
+    phase: str = ""  # what loading is doing now
+    load_started: float = 0.0
+    attempt: int = 0  # loads started so far
+    leases: int = 0  # requests using it now
+    last_used: float = 0.0  # time.monotonic() of the last request's start or end
+    reserved_bytes: int = 0  # counted against the budget: the estimate while loading, then the measure
+    loads: int = 0  # completed loads since start
+    unloads: int = 0
+
+    @property
+    def memory_kind(self) -> str:
+        """The budget it counts against: "cpu", or "cuda:N" (a device map counts as cuda:0)."""
+        device = self.served.device if self.served is not None else _configured_device(self.spec)
+        if device.startswith("cuda"):
+            return device if ":" in device else "cuda:0"
+        return "cuda:0" if device == "device_map" else "cpu"
+
+    def busy(self) -> bool:
+        if self.leases:
+            return True
+        engine = self.served.engine.engine if self.served is not None else None
+        return engine is not None and (engine.num_running + engine.num_waiting) > 0
 
 
 @dataclass(slots=True)
-class ServedModel:
-    spec: ModelSpec
-    tokenizer: PreTrainedTokenizerBase
-    templater: ChatTemplater
-    tokens: TokenTable
-    limits: ModelLimits
-    engine: AsyncEngine
-    grammars: GrammarCompiler
-    tool_parser: type[ToolCallParser]
-    # The special tokens the tool parser reads (decoded as their text for it when tools are given).
-    tool_tokens: frozenset[int]
-    reasoning: ReasoningSupport
-    # The special tokens the reasoning parser reads (decoded for it in every answer).
-    reasoning_tokens: frozenset[int]
-    fingerprint: str
-    created: int
-    media: MediaSupport | None = None  # models that take images or audio
-    input_modalities: tuple[str, ...] = ("text",)
+class _Budget:
+    limits: dict[str, int] = field(default_factory=dict)  # memory kind ("cpu", "cuda", "cuda:N") -> bytes
+
+    def limit(self, kind: str) -> int | None:
+        if kind in self.limits:
+            return self.limits[kind]
+        if kind.startswith("cuda") and "cuda" in self.limits:
+            return self.limits["cuda"]
+        return self.limits.get("*")
 
 
 class ModelRegistry:
     def __init__(self, config: ServerConfig) -> None:
         self._config = config
-        self._models: dict[str, ServedModel] = {}
+        self._slots: dict[str, ModelSlot] = {}
+        self._names: dict[str, ModelSlot] = {}  # ids and aliases
+        for index, spec in enumerate(config.models):
+            at_startup = spec.load == "startup" or (spec.load is None and index == 0)
+            keep = spec.keep_alive
+            if keep is None:
+                keep = -1.0 if at_startup else ON_DEMAND_KEEP_ALIVE_S
+            slot = ModelSlot(spec, at_startup, None if keep == -1 else float(keep))
+            self._slots[spec.id] = slot
+            for name in (spec.id, *spec.aliases):
+                self._names[name] = slot
+        limit = config.server.max_loaded_bytes
+        self._budget = _Budget({"*": limit} if isinstance(limit, int) else dict(limit or {}))
+        self._lock = threading.RLock()
         self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._reaper: threading.Thread | None = None
         self.failure: str | None = None
+
+    # --- what the API reads ---------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
+        """The start-up models are loaded."""
         return self._ready.is_set()
 
     @property
     def configured_ids(self) -> list[str]:
-        return [spec.id for spec in self._config.models]
+        return list(self._slots)
+
+    @property
+    def names(self) -> list[str]:
+        """Every id and alias, ids first in file order."""
+        return [*self._slots, *(a for slot in self._slots.values() for a in slot.spec.aliases)]
+
+    def slot(self, name: str) -> ModelSlot:
+        found = self._names.get(name)
+        if found is None:
+            raise ModelNotFound(name)
+        return found
+
+    def slots(self) -> list[ModelSlot]:
+        return list(self._slots.values())
 
     def served(self) -> list[ServedModel]:
-        return list(self._models.values())
+        with self._lock:
+            return [s.served for s in self._slots.values() if s.served is not None]
 
-    def get(self, model_id: str) -> ServedModel:
-        if model_id not in self.configured_ids:
-            raise ModelNotFound(model_id)
-        if not self.ready:
-            raise ServiceUnavailable("The server is still loading its models; try again shortly.")
-        return self._models[model_id]
+    def get(self, name: str) -> ServedModel:
+        """The model if it is loaded now (no lease: for inspection)."""
+        slot = self.slot(name)
+        with self._lock:
+            if slot.served is None:
+                raise ServiceUnavailable(f"The model '{name}' is not loaded.")
+            return slot.served
+
+    # --- start-up and shutdown --------------------------------------------------------------
 
     def load_all(self) -> None:
-        """Blocking: loads every configured model and starts its engine."""
+        """Blocking: loads the start-up models, then starts unloading idle ones past keep_alive."""
         try:
-            for spec in self._config.models:
-                started = time.monotonic()
-                self._models[spec.id] = self._serve(spec)
-                logger.info("model %s: ready in %.1f s", spec.id, time.monotonic() - started)
+            for slot in self._slots.values():
+                if slot.at_startup:
+                    with self._lock:
+                        self._start_load(slot, background=False)
+                    if slot.state is not ModelState.READY:
+                        raise RuntimeError(slot.error or f"model {slot.spec.id} did not load")
         except Exception as exc:
             self.failure = f"{type(exc).__name__}: {exc}"
             raise
         self._ready.set()
+        self._reaper = threading.Thread(target=self._reap, name="model-keep-alive", daemon=True)
+        self._reaper.start()
 
     def abort_all(self) -> None:
         """Cancels every generation queued or running, on every model."""
-        for served in self._models.values():
+        for served in self.served():
             served.engine.engine.abort_all()
 
     def shutdown(self) -> None:
-        for served in self._models.values():
+        self._stopping.set()
+        for served in self.served():
             served.engine.engine.stop()
 
-    def _serve(self, spec: ModelSpec) -> ServedModel:
-        template = _chat_template(spec, self._config.base_dir)
-        loaded_on_engine_thread: list[LoadedModel] = []
+    # --- requests ---------------------------------------------------------------------------
 
-        def build() -> tuple[ModelRunner, EngineConfig]:
-            loaded = load_model(spec, self._config.server, self._config.base_dir)
-            loaded_on_engine_thread.append(loaded)
-            runner = ModelRunner(loaded.model, quantization=loaded.weight_format(spec.quantization))
-            return runner, _engine_config(spec, _context_length(spec, loaded.model))
+    async def acquire(self, name: str) -> ServedModel:
+        """The model for a request, with a lease (give it back with `release`): loaded now if it
+        is not (the request waits up to the model's max_queue_wait_s), after unloading idle models
+        if the memory budget needs room; 429 with Retry-After while no room can be made."""
+        slot = self.slot(name)
+        if not self.ready and slot.at_startup:
+            raise ServiceUnavailable("The server is still loading its models; try again shortly.")
+        wait = slot.spec.engine.max_queue_wait_s
+        deadline = None if wait is None else time.monotonic() + wait
+        mine: int | None = None
+        while True:
+            with self._lock:
+                if slot.state is ModelState.READY and slot.served is not None:
+                    slot.leases += 1
+                    slot.last_used = time.monotonic()
+                    return slot.served
+                if slot.state is ModelState.FAILED and mine is not None and slot.attempt == mine:
+                    raise ServiceUnavailable(f"The model '{name}' failed to load: {slot.error}")
+                if slot.state in (ModelState.UNLOADED, ModelState.FAILED):
+                    self._start_load(slot, background=True)
+                    mine = slot.attempt
+            if deadline is not None and time.monotonic() > deadline:
+                raise RateLimited(
+                    f"The model '{name}' is still loading ({slot.phase or 'starting'}); retry shortly.",
+                    retry_after_s=max(1, int(wait or 1)),
+                )
+            await asyncio.sleep(_POLL_S)
 
-        engine = Engine(build, name=f"engine-{spec.id}")
-        engine.start()
-        loaded = loaded_on_engine_thread[0]
-        tokenizer, model = loaded.tokenizer, loaded.model
-        vocab_size = int(model.config.get_text_config().vocab_size)
-        engine_config = engine.config
-        tokens = TokenTable(tokenizer, vocab_size)
-        limits = ModelLimits(
-            context_length=engine_config.context_length,
-            vocab_size=vocab_size,
-            stop_token_ids=_stop_token_ids(tokenizer, model),
-            defaults=spec.defaults,
-            max_token_chars=tokens.max_token_chars,
-        )
-        media = None
-        if loaded.processor is not None:
-            media = MediaSupport.build(loaded.processor, loaded.input_modalities, model.config)
-            logger.info("model %s: takes %s input", spec.id, " and ".join(sorted(media.modalities)))
-            if template is None:  # a multimodal checkpoint may keep its template with the processor
-                template = getattr(loaded.processor, "chat_template", None)
-        templater = ChatTemplater(tokenizer, template)
-        tool_parser = parser_for_template(templater.template, spec.tool_parser)
-        templater.tool_format = tool_parser
-        logger.info("model %s: tool calls in the %s format", spec.id, tool_parser.name)
-        speculation = spec.engine.speculation
-        if speculation.method == "ngram":
-            logger.info(
-                "model %s: prompt lookup proposes up to %d tokens a step (while <= %d sequences decode)",
-                spec.id,
-                speculation.max_tokens,
-                speculation.max_batch,
+    def release(self, served: ServedModel) -> None:
+        with self._lock:
+            slot = self._slots[served.spec.id]
+            if slot.served is served and slot.leases > 0:
+                slot.leases -= 1
+                slot.last_used = time.monotonic()
+
+    # --- admin ------------------------------------------------------------------------------
+
+    def load(self, name: str) -> ModelSlot:
+        """Starts loading a model now (admin route); returns its slot."""
+        slot = self.slot(name)
+        with self._lock:
+            if slot.state in (ModelState.UNLOADED, ModelState.FAILED):
+                self._start_load(slot, background=True)
+        return slot
+
+    def unload(self, name: str) -> bool:
+        """Unloads a model now unless requests are using it (admin route): whether it is unloaded."""
+        slot = self.slot(name)
+        with self._lock:
+            if slot.state is ModelState.LOADING or (slot.state is ModelState.READY and slot.busy()):
+                return False
+            if slot.state is ModelState.READY:
+                self._unload(slot, "asked to")
+            return True
+
+    # --- loading and unloading (under the lock) ----------------------------------------------
+
+    def _start_load(self, slot: ModelSlot, background: bool) -> None:
+        need = estimate_bytes(slot.spec, self._config)
+        kind = slot.memory_kind
+        if not self._make_room(kind, need, slot):
+            limit = self._budget.limit(kind)
+            raise RateLimited(
+                f"The model '{slot.spec.id}' needs about {need / 2**30:.1f} GiB and the loaded models leave "
+                f"less of server.max_loaded_bytes ({(limit or 0) / 2**30:.1f} GiB on {kind}) free while they "
+                "serve requests; retry shortly.",
+                retry_after_s=_FULL_RETRY_AFTER_S,
             )
-        grammars = GrammarCompiler(
-            tokenizer, vocab_size, limits.stop_token_ids, self._config.server.limits.max_grammar_bytes
+        slot.state, slot.error, slot.phase = ModelState.LOADING, None, "starting"
+        slot.attempt += 1
+        slot.load_started = time.monotonic()
+        slot.reserved_bytes = need
+        logger.info("model %s: loading (%s)", slot.spec.id, "on demand" if background else "at start-up")
+        if background:
+            threading.Thread(
+                target=self._load, args=(slot,), name=f"load-{slot.spec.id}", daemon=True
+            ).start()
+        else:
+            self._lock.release()  # a start-up load takes minutes: the lock is not held meanwhile
+            try:
+                self._load(slot)
+            finally:
+                self._lock.acquire()
+
+    def _load(self, slot: ModelSlot) -> None:
+        try:
+            served = build_served(slot.spec, self._config, lambda phase: setattr(slot, "phase", phase))
+        except Exception as exc:
+            logger.exception("model %s: loading failed", slot.spec.id)
+            with self._lock:
+                slot.state, slot.error, slot.reserved_bytes = (
+                    ModelState.FAILED,
+                    f"{type(exc).__name__}: {exc}",
+                    0,
+                )
+            return
+        with self._lock:
+            slot.served, slot.reserved_bytes = served, served.footprint_bytes
+            kind, limit = slot.memory_kind, self._budget.limit(slot.memory_kind)
+            if limit is not None and served.footprint_bytes > limit:
+                error = (
+                    f"it takes {served.footprint_bytes / 2**30:.2f} GiB (weights and KV budget), more than "
+                    f"server.max_loaded_bytes allows on {kind} ({limit / 2**30:.2f} GiB)"
+                )
+                self._unload(slot, "too large")
+                slot.state, slot.error = ModelState.FAILED, error
+                logger.error("model %s: %s", slot.spec.id, error)
+                return
+            self._make_room(kind, 0, slot)  # the measure may exceed the estimate: idle others make room
+            slot.state, slot.phase = ModelState.READY, ""
+            slot.last_used = time.monotonic()
+            slot.loads += 1
+            logger.info(
+                "model %s: ready in %.1f s (%.2f GiB with its KV budget)",
+                slot.spec.id,
+                time.monotonic() - slot.load_started,
+                served.footprint_bytes / 2**30,
+            )
+
+    def _make_room(self, kind: str, need: int, for_slot: ModelSlot) -> bool:
+        """Unloads idle models on `kind`, least recently used first, until `need` more bytes fit."""
+        limit = self._budget.limit(kind)
+        if limit is None:
+            return True
+        others = [s for s in self._slots.values() if s is not for_slot and s.memory_kind == kind]
+
+        def used() -> int:
+            return sum(s.reserved_bytes for s in others if s.state in (ModelState.LOADING, ModelState.READY))
+
+        candidates = sorted(
+            (
+                s
+                for s in others
+                if s.state is ModelState.READY and s.keep_alive_s is not None and not s.busy()
+            ),
+            key=lambda s: s.last_used,
         )
-        reasoning = ReasoningSupport.for_template(templater.template, spec.reasoning)
-        if reasoning.format is not None:
-            logger.info("model %s: reasoning in the %s format", spec.id, reasoning.format)
-        marker_ids = (grammars.special_token(marker) for marker in tool_parser.syntax_markers)
-        reasoning_markers = SYNTAX_MARKERS[reasoning.format] if reasoning.format is not None else ()
-        reasoning_ids = (grammars.special_token(marker) for marker in reasoning_markers)
-        return ServedModel(
-            spec=spec,
-            tokenizer=tokenizer,
-            templater=templater,
-            tokens=tokens,
-            limits=limits,
-            engine=AsyncEngine(engine),
-            grammars=grammars,
-            tool_parser=tool_parser,
-            tool_tokens=frozenset(token_id for token_id in marker_ids if token_id is not None),
-            reasoning=reasoning,
-            reasoning_tokens=frozenset(token_id for token_id in reasoning_ids if token_id is not None),
-            fingerprint=_fingerprint(spec, loaded),
-            created=int(time.time()),
-            media=media,
-            input_modalities=loaded.input_modalities,
-        )
+        while used() + need > limit and candidates:
+            self._unload(candidates.pop(0), "to make room")
+        return used() + need <= limit
+
+    def _unload(self, slot: ModelSlot, why: str) -> None:
+        served, slot.served = slot.served, None
+        slot.state, slot.reserved_bytes = ModelState.UNLOADED, 0
+        if served is None:
+            return
+        served.engine.engine.stop()
+        slot.unloads += 1
+        logger.info("model %s: unloaded (%s)", slot.spec.id, why)
+        del served
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _reap(self) -> None:
+        while not self._stopping.wait(_REAPER_PERIOD_S):
+            now = time.monotonic()
+            with self._lock:
+                for slot in self._slots.values():
+                    keep = slot.keep_alive_s
+                    if (
+                        slot.state is ModelState.READY
+                        and keep is not None
+                        and now - slot.last_used >= keep
+                        and not slot.busy()
+                    ):
+                        self._unload(slot, f"idle for {keep:g} s")
 
 
-def _chat_template(spec: ModelSpec, base_dir: Path) -> str | None:
-    template = spec.chat_template
-    if template is None or "{" in template:
-        return template
-    path = Path(template).expanduser()
-    return (path if path.is_absolute() else base_dir / path).read_text(encoding="utf-8")
-
-
-def _context_length(spec: ModelSpec, model: PreTrainedModel) -> int:
-    if spec.context_length is not None:
-        return spec.context_length
-    text_config = model.config.get_text_config()
-    return int(getattr(text_config, "max_position_embeddings", None) or FALLBACK_CONTEXT_LENGTH)
-
-
-def _engine_config(spec: ModelSpec, context_length: int) -> EngineConfig:
-    settings = spec.engine
-    max_kv_tokens = settings.max_kv_tokens or settings.max_running * context_length
-    return EngineConfig(
-        max_running=settings.max_running,
-        max_kv_tokens=max_kv_tokens,
-        max_batch_tokens=settings.max_batch_tokens,
-        max_waiting=settings.max_waiting,
-        max_queue_wait_s=settings.max_queue_wait_s,
-        min_capacity=min(256, context_length),
-        # One sequence may use the whole KV budget, never more.
-        context_length=min(context_length, max_kv_tokens),
-        max_pinned_slots=(
-            settings.max_running // 2 if settings.max_pinned_slots is None else settings.max_pinned_slots
-        ),
-        speculation=None if settings.speculation.method == "none" else settings.speculation.method,
-        speculative_tokens=settings.speculation.max_tokens,
-        prediction_tokens=settings.speculation.prediction_tokens,
-        speculation_max_batch=settings.speculation.max_batch,
-    )
-
-
-def _stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> frozenset[int]:
-    ids: set[int] = set()
-    for value in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list):
-            ids.update(v for v in value if isinstance(v, int))
-    return frozenset(ids)
-
-
-def _fingerprint(spec: ModelSpec, loaded: LoadedModel) -> str:
-    """Changes whenever something that can change outputs for a fixed seed changes."""
-    parts = [
-        server.__version__,
-        spec.id,
-        spec.source.describe(),
-        str(loaded.dtype),
-        loaded.device,
-        spec.chat_template or "",
-        torch.__version__,
-        transformers.__version__,
-    ]
-    return "fp_" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:10]
+def _configured_device(spec: ModelSpec) -> str:
+    device = spec.device
+    if isinstance(device, dict) or device in ("balanced", "balanced_low_0", "sequential"):
+        return "device_map"
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    return device

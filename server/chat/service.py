@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -23,7 +23,8 @@ from server.chat.observer import RequestObserver
 from server.chat.params import prediction_text, refuse_obviously_too_long, refuse_unsupported, sampling_params
 from server.chat.prompt_cache import cache_policy, check_breakpoints
 from server.chat.recording import record_builder, recorded
-from server.chat.registry import ModelRegistry, ServedModel
+from server.chat.registry import ModelRegistry
+from server.chat.served_model import ServedModel
 from server.chat.templating import Prompt
 from server.chat.tools import plan_tools
 from server.config import MediaSettings, RequestLimits
@@ -125,7 +126,16 @@ class ChatService:
         """`project`: the caller's project (its API key's); stored completions belong to it."""
         started = time.monotonic()
         check_limits(request, self.limits)
-        served = self._registry.get(request.model)
+        served = await self._registry.acquire(request.model)  # loads it if it is not loaded
+        try:
+            return await self._start(request, project, served, started)
+        except BaseException:
+            self._registry.release(served)
+            raise
+
+    async def _start(
+        self, request: ChatCompletionRequest, project: str, served: ServedModel, started: float
+    ) -> ChatStream:
         refuse_unsupported(request)
         if request.verbosity is not None and not served.templater.reads_verbosity:
             raise UnsupportedParameter(
@@ -163,7 +173,7 @@ class ChatService:
         header = _Header(
             id=f"chatcmpl-{base_id}",
             created=int(time.time()),
-            model=served.spec.id,
+            model=request.model,  # the name asked for (an alias stays an alias)
             system_fingerprint=served.fingerprint,
             service_tier=_SERVICE_TIERS.get(tier := request.service_tier or "auto", tier),
             include_usage=bool(request.stream_options and request.stream_options.include_usage),
@@ -185,9 +195,10 @@ class ChatService:
         except QueueFull as exc:
             raise RateLimited(f"The server is busy ({exc}); retry shortly.") from exc
         pipelines = [_pipeline(request, constraint, served, inside) for _ in range(n)]
-        observer = RequestObserver(self._metrics, header.model, started, n)
+        observer = RequestObserver(self._metrics, served.spec.id, started, n)
         audio_tokens = media.audio_rows if media is not None else 0
         chunks = _generate(header, stream, pipelines, len(prompt.token_ids), observer, audio_tokens)
+        chunks = _released(chunks, lambda: self._registry.release(served))
         if self._log_content:
             chunks = _logged(header.id, chunks)
         if request.store and self._store_writer is not None:
@@ -328,6 +339,17 @@ async def _generate(
         ),
         sum(p.completion_tokens for p in pipelines),
     )
+
+
+async def _released(
+    chunks: AsyncIterator[ChatCompletionChunk], release: Callable[[], None]
+) -> AsyncIterator[ChatCompletionChunk]:
+    """The model's lease given back once the completion ends, however it ends."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        release()
 
 
 async def _logged(

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -138,14 +139,20 @@ def _cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def load_model(spec: ModelSpec, settings: ServerSettings, base_dir: Path) -> LoadedModel:
+def load_model(
+    spec: ModelSpec, settings: ServerSettings, base_dir: Path, on_phase: Callable[[str], None] | None = None
+) -> LoadedModel:
+    """`on_phase`: told what loading does now (for /health; the console shows progress bars)."""
+    phase = on_phase or (lambda _: None)
     source = resolve_source(spec, base_dir)
     device = pick_device(spec)
     dtype = pick_dtype(spec, device)
     warn_about_dtype(spec, dtype, device)
     location, gguf_file = source.location, source.gguf_file
     if gguf_file:
+        phase("converting the GGUF file (once)")
         location, gguf_file = converted_gguf(spec, source, settings), None
+    phase("loading the tokenizer")
     options: dict[str, Any] = {"revision": spec.source.revision, "trust_remote_code": spec.trust_remote_code}
     config = AutoConfig.from_pretrained(location, **options)
     processor = None
@@ -165,6 +172,7 @@ def load_model(spec: ModelSpec, settings: ServerSettings, base_dir: Path) -> Loa
         logger.info("model %s: loading tokenizer from %s", spec.id, location)
         tokenizer = AutoTokenizer.from_pretrained(location, **options)
     plain_device = isinstance(device, str) and device.split(":")[0] in _PLAIN_DEVICES
+    phase("loading the weights")
     logger.info("model %s: loading weights (%s) onto %s", spec.id, str(dtype).removeprefix("torch."), device)
     model = model_class.from_pretrained(
         location,

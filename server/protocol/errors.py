@@ -48,6 +48,18 @@ class AuthenticationFailed(APIError):
         self.headers["WWW-Authenticate"] = "Bearer"
 
 
+class PermissionDenied(APIError):
+    status = 403
+    type = "permission_error"
+    code = "admin_key_required"
+
+
+class Conflict(APIError):
+    status = 409
+    type = "invalid_request_error"
+    code = "model_busy"
+
+
 class NotFound(APIError):
     status = 404
     type = "invalid_request_error"

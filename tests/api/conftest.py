@@ -23,7 +23,7 @@ async def running_app(config_path: Path, **wiring: object) -> AsyncIterator[Fast
     app = create_app(load_config(config_path), **wiring)  # type: ignore[arg-type]
     async with app.router.lifespan_context(app):
         for _ in range(600):
-            if app.state.registry.ready:
+            if app.state.registry.ready or app.state.registry.failure:
                 break
             await asyncio.sleep(0.05)
         assert app.state.registry.ready, app.state.registry.failure

@@ -39,7 +39,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     else:
         check_json(raw, depth)
     # A metrics label: only configured ids, so clients cannot grow the label set.
-    request.state.model = body.model if body.model in request.app.state.registry.configured_ids else ""
+    registry = request.app.state.registry
+    request.state.model = registry.slot(body.model).spec.id if body.model in registry.names else ""
     request.state.end_user = body.safety_identifier or body.user  # an id, for the access log
     stream = await service.start(body, project=request.state.project)
     if body.stream:
