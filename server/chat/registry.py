@@ -26,6 +26,7 @@ ON_DEMAND_KEEP_ALIVE_S = 300.0  # an on-demand model's default idle time before 
 _POLL_S = 0.05
 _REAPER_PERIOD_S = 0.5
 _FULL_RETRY_AFTER_S = 5  # Retry-After while no memory can be freed for a model
+_ROOM_WAIT_S = 2.0  # how long a request waits for busy models to become idle before that 429
 
 
 class ModelState(enum.Enum):
@@ -178,6 +179,7 @@ class ModelRegistry:
         wait = slot.spec.engine.max_queue_wait_s
         deadline = None if wait is None else time.monotonic() + wait
         mine: int | None = None
+        arrived = time.monotonic()
         while True:
             with self._lock:
                 if slot.state is ModelState.READY and slot.served is not None:
@@ -187,8 +189,15 @@ class ModelRegistry:
                 if slot.state is ModelState.FAILED and mine is not None and slot.attempt == mine:
                     raise ServiceUnavailable(f"The model '{name}' failed to load: {slot.error}")
                 if slot.state in (ModelState.UNLOADED, ModelState.FAILED):
-                    self._start_load(slot, background=True)
-                    mine = slot.attempt
+                    try:
+                        self._start_load(slot, background=True)
+                    except RateLimited:
+                        # A model whose last request just ended may still be finishing it:
+                        # room is retried for a moment before the caller is told to come back.
+                        if time.monotonic() - arrived >= _ROOM_WAIT_S:
+                            raise
+                    else:
+                        mine = slot.attempt
             if deadline is not None and time.monotonic() > deadline:
                 raise RateLimited(
                     f"The model '{name}' is still loading ({slot.phase or 'starting'}); retry shortly.",
