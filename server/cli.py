@@ -1,4 +1,5 @@
-"""Command line: `python -m server serve --config models.yaml --host H --port P`, `models`, `prepare`."""
+"""Command line: `python -m server serve --config models.yaml --host H --port P`, `models`, `prepare`,
+`pull HUB_ID`."""
 
 from __future__ import annotations
 
@@ -30,11 +31,22 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--config", default="models.yaml")
     prepare = sub.add_parser("prepare", help="load every model once (converting GGUF files into the cache)")
     prepare.add_argument("--config", default="models.yaml")
+    pull = sub.add_parser("pull", help="download a model into the Hugging Face cache (with progress)")
+    pull.add_argument("hub_id", help="owner/name on the Hugging Face hub")
+    pull.add_argument("--revision", help="a branch, tag or commit (default: main)")
+    pull.add_argument(
+        "--from",
+        dest="source",
+        metavar="DIR",
+        help="import this local checkpoint directory (or file:// URL) instead",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "pull":
+        return _pull(args.hub_id, args.revision, args.source)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -54,6 +66,21 @@ def _list_models(config: ServerConfig) -> int:
     print(f"{'id':32} {'dtype':9} {'device':8} source")
     for spec in config.models:
         print(f"{spec.id:32} {spec.dtype:9} {spec.device!s:8} {spec.source.describe()}")
+    return 0
+
+
+def _pull(hub_id: str, revision: str | None, source: str | None) -> int:
+    from server.models.pull import PullError, pull
+
+    try:
+        folder = pull(hub_id, revision, source)
+    except PullError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # no network, no such repository, a disk that is full
+        print(f"error: {hub_id}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{hub_id}: in the cache at {folder}; use `source: {{hub: {hub_id}}}` in models.yaml")
     return 0
 
 
