@@ -11,7 +11,7 @@ from typing import TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from server.api import sse
+from server.api import openapi, sse
 from server.api.json_checks import check_json
 from server.api.obfuscation import Obfuscator
 from server.api.observability import note_error
@@ -29,7 +29,7 @@ router = APIRouter()
 _CHECK_ON_LOOP_BYTES = 64 * 1024
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post("/v1/chat/completions", response_model=None, responses=openapi.CHAT_COMPLETION)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     service: ChatService = request.app.state.chat_service
     # The parsed body (Starlette keeps it): lone surrogates, NaN and deep nesting are 400s here.

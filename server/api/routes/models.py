@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from openai.types import Model
 from pydantic import BaseModel
 
+from server.api import openapi
 from server.chat.registry import ModelRegistry, ModelSlot, ModelState
 from server.protocol.errors import Conflict, PermissionDenied
 
@@ -55,14 +56,14 @@ def describe(slot: ModelSlot, name: str) -> Model:
     return Model(id=name, object="model", created=created, owned_by=OWNER, **extra)
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, responses=openapi.errors(401))
 async def list_models(request: Request) -> JSONResponse:
     registry: ModelRegistry = request.app.state.registry
     listing = ModelList(data=[describe(registry.slot(name), name) for name in registry.names])
     return JSONResponse(listing.model_dump(exclude_none=True))
 
 
-@router.get("/v1/models/{model_id:path}", response_model=Model)
+@router.get("/v1/models/{model_id:path}", response_model=Model, responses=openapi.errors(401, 404))
 async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
     registry: ModelRegistry = request.app.state.registry
     return JSONResponse(describe(registry.slot(model_id), model_id).model_dump(exclude_none=True))
@@ -75,7 +76,9 @@ def _require_admin(request: Request) -> None:
         )
 
 
-@router.post("/v1/models/{model_id:path}/load", response_model=Model)
+@router.post(
+    "/v1/models/{model_id:path}/load", response_model=Model, responses=openapi.errors(401, 403, 404, 429)
+)
 async def load_model(model_id: str, request: Request) -> JSONResponse:
     """Starts loading (202; poll GET /v1/models/{id} or /health for its state)."""
     _require_admin(request)
@@ -85,7 +88,9 @@ async def load_model(model_id: str, request: Request) -> JSONResponse:
     return JSONResponse(describe(slot, model_id).model_dump(exclude_none=True), status_code=status)
 
 
-@router.post("/v1/models/{model_id:path}/unload", response_model=Model)
+@router.post(
+    "/v1/models/{model_id:path}/unload", response_model=Model, responses=openapi.errors(401, 403, 404, 409)
+)
 async def unload_model(model_id: str, request: Request) -> JSONResponse:
     """Unloads now; 409 while requests are using it or it is loading."""
     _require_admin(request)

@@ -7,8 +7,10 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from openai.types.chat import ChatCompletion, ChatCompletionDeleted
 from pydantic import ValidationError
 
+from server.api import openapi
 from server.chat.recording import stored_messages, stored_object
 from server.protocol.errors import InvalidRequest, NotFound, printable
 from server.protocol.stored import MetadataUpdate
@@ -66,7 +68,11 @@ async def _found(request: Request, completion_id: str) -> StoredCompletion:
     return record
 
 
-@router.get("/v1/chat/completions", openapi_extra={"parameters": _LIST_PARAMETERS})
+@router.get(
+    "/v1/chat/completions",
+    openapi_extra={"parameters": _LIST_PARAMETERS},
+    responses=openapi.answers(openapi.ChatCompletionList, 400, 401),
+)
 async def list_chat_completions(request: Request) -> JSONResponse:
     params = request.query_params
     metadata = tuple(
@@ -86,12 +92,16 @@ async def list_chat_completions(request: Request) -> JSONResponse:
     return _list([stored_object(r) for r in page.items], page.has_more)
 
 
-@router.get("/v1/chat/completions/{completion_id}")
+@router.get("/v1/chat/completions/{completion_id}", responses=openapi.answers(ChatCompletion, 401, 404))
 async def retrieve_chat_completion(completion_id: str, request: Request) -> JSONResponse:
     return JSONResponse(stored_object(await _found(request, completion_id)))
 
 
-@router.get("/v1/chat/completions/{completion_id}/messages", openapi_extra={"parameters": _PAGE_PARAMETERS})
+@router.get(
+    "/v1/chat/completions/{completion_id}/messages",
+    openapi_extra={"parameters": _PAGE_PARAMETERS},
+    responses=openapi.answers(openapi.ChatCompletionMessageList, 400, 401, 404),
+)
 async def list_chat_completion_messages(completion_id: str, request: Request) -> JSONResponse:
     record = await _found(request, completion_id)
     params = request.query_params
@@ -110,7 +120,11 @@ async def list_chat_completion_messages(completion_id: str, request: Request) ->
     return _list(items[:limit], len(items) > limit)
 
 
-@router.post("/v1/chat/completions/{completion_id}", openapi_extra={"requestBody": _UPDATE_BODY})
+@router.post(
+    "/v1/chat/completions/{completion_id}",
+    openapi_extra={"requestBody": _UPDATE_BODY},
+    responses=openapi.answers(ChatCompletion, 400, 401, 404),
+)
 async def update_chat_completion(completion_id: str, request: Request) -> JSONResponse:
     try:
         body = MetadataUpdate.model_validate_json(await request.body())
@@ -126,7 +140,9 @@ async def update_chat_completion(completion_id: str, request: Request) -> JSONRe
     return JSONResponse(stored_object(updated))
 
 
-@router.delete("/v1/chat/completions/{completion_id}")
+@router.delete(
+    "/v1/chat/completions/{completion_id}", responses=openapi.answers(ChatCompletionDeleted, 401, 404)
+)
 async def delete_chat_completion(completion_id: str, request: Request) -> JSONResponse:
     deleted = await asyncio.to_thread(_store(request).delete, completion_id, _project(request))
     if not deleted:
