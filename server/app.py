@@ -10,14 +10,15 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 import server
-from server.api import handlers
+from server.api import handlers, openapi
 from server.api.auth import ApiKeyGate, load_api_keys
 from server.api.body_limit import BodyLimit
 from server.api.lifecycle import DrainGate, Lifecycle
 from server.api.observability import Observability
-from server.api.routes import chat, health, metrics, models, stored
+from server.api.routes import chat, health, metrics, models, page, stored
 from server.chat.registry import ModelRegistry
 from server.chat.service import ChatService
 from server.config import ServerConfig
@@ -61,7 +62,9 @@ def create_app(
             writer.close()  # what was generated is written before the process ends
             store.close()
 
-    app = FastAPI(
+    # /docs and /redoc from assets shipped in the package (fastapi-offline), not from a CDN: they
+    # render on a machine without internet.
+    app = FastAPIOffline(
         title="openweights-server",
         version=server.__version__,
         summary="OpenAI-compatible Chat Completions for open-weight models",
@@ -116,8 +119,10 @@ def create_app(
     app.add_middleware(DrainGate, lifecycle=lifecycle)
     app.add_middleware(handlers.CatchUnexpected)
     app.add_middleware(Observability, metrics=app_metrics)
-    for module in (chat, stored, models, health, metrics):
+    for module in (chat, stored, models, health, metrics, page):
         app.include_router(module.router)
+    app.mount("/ui", page.assets, name="ui")
+    openapi.install(app)
     return app
 
 
