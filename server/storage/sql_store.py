@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 
 _meta = sa.MetaData()
+_SCHEMA_LOCK = 0x6F70656E77  # the advisory lock replicas take while creating the schema
 _version = sa.Table("schema_version", _meta, sa.Column("version", sa.Integer, nullable=False))
 _completions = sa.Table(
     "completions",
@@ -57,6 +58,10 @@ class SqlCompletionStore:
 
     def _migrate(self) -> None:
         with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Replicas starting together on an empty database: one creates the schema, the
+                # others wait for it (CREATE TABLE IF NOT EXISTS alone races on PostgreSQL's catalog).
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
             _meta.create_all(conn)
             found = conn.execute(sa.select(_version.c.version)).scalar()
             if found is None:

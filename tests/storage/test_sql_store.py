@@ -122,3 +122,44 @@ def test_kill_9_during_writes_leaves_the_database_consistent(store_url: str, tmp
             assert conn.execute(sa.text("PRAGMA integrity_check")).scalar() == "ok"
     assert pairs == 2 * rows
     store.close()
+
+
+def test_replicas_opening_an_empty_postgresql_database_together_all_start(store_url: str) -> None:
+    """Servers behind one load balancer start at once on a fresh database: one creates the schema."""
+    if not store_url.startswith("postgresql"):
+        return
+    import threading
+
+    admin = sa.create_engine(
+        store_url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT"
+    )
+    fresh = f"race_{int(time.time() * 1000)}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {fresh}"))
+    url = store_url.rsplit("/", 1)[0] + f"/{fresh}"
+    opened: list[SqlCompletionStore] = []
+    failures: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def open_store() -> None:
+        start.wait()
+        try:
+            opened.append(SqlCompletionStore(url))
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == [] and len(opened) == 4
+        opened[0].save(record(1))
+        assert opened[3].get(record(1).id, "") is not None
+    finally:
+        for store in opened:
+            store.close()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {fresh} WITH (FORCE)"))
+        admin.dispose()
