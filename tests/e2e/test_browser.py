@@ -4,6 +4,7 @@ and deleted, and /docs renders offline. Screenshots go to test-artifacts/browser
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -116,6 +117,28 @@ def test_a_stored_completion_is_opened_and_deleted(page: Page, base_url: str) ->
     detail.locator("button.delete").click()
     expect(page.locator("#stored-list button.open")).to_have_count(0)
     assert httpx.get(f"{base_url}/v1/chat/completions/{completion_id}").status_code == 404
+
+
+def test_tool_calls_show_as_cards(page: Page) -> None:
+    city = {"enum": ["Paris", "Oslo"]}
+    parameters = {
+        "type": "object",
+        "properties": {"city": city},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": parameters}}
+    page.fill("#tools", json.dumps([tool]))
+    page.select_option("#tool-choice", "required")  # the grammar makes even a random model call it
+    page.uncheck("#parallel")  # (and only once: a random model would go on calling)
+    ask(page, "What is the weather in Paris?", max_tokens=60)
+    answer = page.locator(".message.assistant").last
+    expect(answer).to_have_attribute("data-done", "tool_calls", timeout=60_000)
+    card = answer.locator(".tool-call")
+    expect(card).to_have_count(1)
+    expect(card.locator("strong")).to_contain_text("get_weather")
+    expect(card.locator("pre")).to_contain_text('"city"')
+    page.screenshot(path=SHOTS / "chat-tool-call.png")
 
 
 def test_docs_render_offline(page: Page, base_url: str) -> None:

@@ -88,7 +88,11 @@ function request(messages) {
   if (format === "json_schema") {
     body.response_format = { type: "json_schema", json_schema: { name: "answer", schema: JSON.parse($("schema").value) } };
   }
-  if ($("tools").value.trim()) body.tools = JSON.parse($("tools").value);
+  if ($("tools").value.trim()) {
+    body.tools = JSON.parse($("tools").value);
+    body.tool_choice = $("tool-choice").value;
+    body.parallel_tool_calls = $("parallel").checked;
+  }
   const metadata = pairs($("metadata").value);
   if (body.store && Object.keys(metadata).length) body.metadata = metadata;
   return body;
@@ -208,7 +212,7 @@ function renderCalls(element, calls) {
     const card = document.createElement("div");
     card.className = "tool-call";
     const name = document.createElement("strong");
-    name.textContent = `🔧 ${call.name}`;
+    name.textContent = `Tool call: ${call.name}`;
     const args = document.createElement("pre");
     try {
       args.textContent = JSON.stringify(JSON.parse(call.arguments), null, 2);
