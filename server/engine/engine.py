@@ -300,13 +300,14 @@ class Engine:
                 out.accepted_prediction = int(index < accepted)
                 if index == len(tokens) - 1:
                     out.rejected_prediction = len(chunk.draft) - accepted
-            seq.payload.sink(out)
             if finish is not None:
                 # Proposals accepted after a stop are not the sequence's (num_computed never
                 # exceeds its tokens; its cached prefix is cut to them anyway).
                 seq.num_computed = min(seq.num_computed, len(seq.token_ids))
                 self._retire(seq)
+                seq.payload.sink(out)
                 return
+            seq.payload.sink(out)
 
     def _emit(
         self, seq: Sequence, token: SampledToken | None, finish: FinishReason | None, error: str | None = None
@@ -328,12 +329,15 @@ class Engine:
     def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
         if seq.state is SeqState.FINISHED:
             return
-        self._emit(seq, None, reason, error)
         self._retire(seq)
+        self._emit(seq, None, reason, error)
 
     def _retire(self, seq: Sequence) -> None:
+        """Out of the batch, and the published stats say so, before its last output goes out: a
+        client that has its answer never finds the sequence still counted as running."""
         self.scheduler.finish(seq)
         self._by_id.pop(seq.request_id, None)
+        self._publish_stats()
 
 
 # A choice with this many outputs its reader has not taken yet is parked (out of the batch, its slot
