@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from server.chat.templating import Prompt
-from server.engine.media import PromptMedia, media_token_id
+from server.engine.media import PromptMedia, media_token_id, placeholder_tokens
 from server.media.parts import MediaItem, MediaTarget, Modality, RequestMedia
 from server.protocol.errors import InvalidRequest
 
@@ -32,16 +32,10 @@ class MediaSupport:
 
     @classmethod
     def build(cls, processor: Any, modalities: tuple[str, ...], config: Any) -> MediaSupport:
-        placeholders: dict[str, int] = {}
-        for kind, names in (
-            ("image", ("image_token_id", "image_token_index")),
-            ("audio", ("audio_token_id", "audio_token_index")),
-        ):
-            found = next(
-                (getattr(config, n) for n in names if isinstance(getattr(config, n, None), int)), None
-            )
-            if kind in modalities and found is not None:
-                placeholders[kind] = int(found)
+        # The kinds a request can carry (no video part in the API) that the processor takes.
+        placeholders = {
+            kind: token for kind, token in placeholder_tokens(config).items() if kind in modalities
+        }
         extractor = getattr(processor, "feature_extractor", None)
         return cls(
             processor=processor,

@@ -36,6 +36,9 @@ class ModelState(enum.Enum):
     FAILED = "failed"
 
 
+_HOLDING = (ModelState.LOADING, ModelState.READY)  # states whose memory counts against the budget
+
+
 @dataclass(slots=True, eq=False)
 class ModelSlot:
     spec: ModelSpec
@@ -228,16 +231,19 @@ class ModelRegistry:
         with self._lock:
             if slot.state is ModelState.LOADING or (slot.state is ModelState.READY and slot.busy()):
                 return False
-            if slot.state is ModelState.READY:
-                self._unload(slot, "asked to")
-            return True
+            detached = self._detach(slot, "asked to")
+        _dispose(detached)
+        return True
 
-    # --- loading and unloading (under the lock) ----------------------------------------------
+    # --- loading and unloading --------------------------------------------------------------
+    # Decisions are taken under the lock; stopping an engine and freeing its memory happen after
+    # it, on the loading, reaper or admin thread: never on the event loop.
 
     def _start_load(self, slot: ModelSlot, background: bool) -> None:
         need = estimate_bytes(slot.spec, self._config)
         kind = slot.memory_kind
-        if not self._make_room(kind, need, slot):
+        fits, evicted = self._make_room(kind, need, slot)
+        if not fits:
             limit = self._budget.limit(kind)
             raise RateLimited(
                 f"The model '{slot.spec.id}' needs about {need / 2**30:.1f} GiB and the loaded models leave "
@@ -252,16 +258,17 @@ class ModelRegistry:
         logger.info("model %s: loading (%s)", slot.spec.id, "on demand" if background else "at start-up")
         if background:
             threading.Thread(
-                target=self._load, args=(slot,), name=f"load-{slot.spec.id}", daemon=True
+                target=self._load, args=(slot, evicted), name=f"load-{slot.spec.id}", daemon=True
             ).start()
         else:
             self._lock.release()  # a start-up load takes minutes: the lock is not held meanwhile
             try:
-                self._load(slot)
+                self._load(slot, evicted)
             finally:
                 self._lock.acquire()
 
-    def _load(self, slot: ModelSlot) -> None:
+    def _load(self, slot: ModelSlot, evicted: list[ServedModel]) -> None:
+        _dispose(evicted)  # the room made for it, freed before its weights arrive
         try:
             served = build_served(slot.spec, self._config, lambda phase: setattr(slot, "phase", phase))
         except Exception as exc:
@@ -281,31 +288,32 @@ class ModelRegistry:
                     f"it takes {served.footprint_bytes / 2**30:.2f} GiB (weights and KV budget), more than "
                     f"server.max_loaded_bytes allows on {kind} ({limit / 2**30:.2f} GiB)"
                 )
-                self._unload(slot, "too large")
+                evicted = self._detach(slot, "too large")
                 slot.state, slot.error = ModelState.FAILED, error
                 logger.error("model %s: %s", slot.spec.id, error)
-                return
-            self._make_room(kind, 0, slot)  # the measure may exceed the estimate: idle others make room
-            slot.state, slot.phase = ModelState.READY, ""
-            slot.last_used = time.monotonic()
-            slot.loads += 1
-            logger.info(
-                "model %s: ready in %.1f s (%.2f GiB with its KV budget)",
-                slot.spec.id,
-                time.monotonic() - slot.load_started,
-                served.footprint_bytes / 2**30,
-            )
+            else:
+                # The measure may exceed the estimate: idle others make room.
+                evicted = self._make_room(kind, 0, slot)[1]
+                slot.state, slot.phase = ModelState.READY, ""
+                slot.last_used = time.monotonic()
+                slot.loads += 1
+                logger.info(
+                    "model %s: ready in %.1f s (%.2f GiB with its KV budget)",
+                    slot.spec.id,
+                    time.monotonic() - slot.load_started,
+                    served.footprint_bytes / 2**30,
+                )
+        _dispose(evicted)
 
-    def _make_room(self, kind: str, need: int, for_slot: ModelSlot) -> bool:
-        """Unloads idle models on `kind`, least recently used first, until `need` more bytes fit."""
+    def _make_room(self, kind: str, need: int, for_slot: ModelSlot) -> tuple[bool, list[ServedModel]]:
+        """Takes idle models on `kind` out of service, least recently used first, until `need`
+        more bytes fit: whether they do, and the models to dispose of (none when they would not
+        make enough room: nothing is unloaded in vain)."""
         limit = self._budget.limit(kind)
         if limit is None:
-            return True
+            return True, []
         others = [s for s in self._slots.values() if s is not for_slot and s.memory_kind == kind]
-
-        def used() -> int:
-            return sum(s.reserved_bytes for s in others if s.state in (ModelState.LOADING, ModelState.READY))
-
+        free = limit - need - sum(s.reserved_bytes for s in others if s.state in _HOLDING)
         candidates = sorted(
             (
                 s
@@ -314,26 +322,28 @@ class ModelRegistry:
             ),
             key=lambda s: s.last_used,
         )
-        while used() + need > limit and candidates:
-            self._unload(candidates.pop(0), "to make room")
-        return used() + need <= limit
+        chosen: list[ModelSlot] = []
+        while free < 0 and candidates:
+            chosen.append(candidates.pop(0))
+            free += chosen[-1].reserved_bytes
+        if free < 0:
+            return False, []
+        return True, [served for slot in chosen for served in self._detach(slot, "to make room")]
 
-    def _unload(self, slot: ModelSlot, why: str) -> None:
+    def _detach(self, slot: ModelSlot, why: str) -> list[ServedModel]:
+        """Out of service now (under the lock); what to dispose of once the lock is released."""
         served, slot.served = slot.served, None
         slot.state, slot.reserved_bytes = ModelState.UNLOADED, 0
         if served is None:
-            return
-        served.engine.engine.stop()
+            return []
         slot.unloads += 1
         logger.info("model %s: unloaded (%s)", slot.spec.id, why)
-        del served
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        return [served]
 
     def _reap(self) -> None:
         while not self._stopping.wait(_REAPER_PERIOD_S):
             now = time.monotonic()
+            evicted: list[ServedModel] = []
             with self._lock:
                 for slot in self._slots.values():
                     keep = slot.keep_alive_s
@@ -343,7 +353,20 @@ class ModelRegistry:
                         and now - slot.last_used >= keep
                         and not slot.busy()
                     ):
-                        self._unload(slot, f"idle for {keep:g} s")
+                        evicted += self._detach(slot, f"idle for {keep:g} s")
+            _dispose(evicted)
+
+
+def _dispose(models: list[ServedModel]) -> None:
+    """Stops the models' engines and frees their memory (blocking: never on the event loop)."""
+    if not models:
+        return
+    for served in models:
+        served.engine.engine.stop()
+    models.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _configured_device(spec: ModelSpec) -> str:

@@ -10,25 +10,35 @@ read later, in any split, or again after a preemption, takes its rows from there
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-# Config fields naming a model's media placeholder tokens, across families.
-PLACEHOLDER_FIELDS = (
-    "image_token_id",
-    "image_token_index",
-    "audio_token_id",
-    "audio_token_index",
-    "video_token_id",
-)
+# Config fields naming a model's media placeholder token, by kind, across families.
+PLACEHOLDER_FIELDS = {
+    "image": ("image_token_id", "image_token_index"),
+    "audio": ("audio_token_id", "audio_token_index"),
+    "video": ("video_token_id",),
+}
 
 
-def placeholder_ids(config: Any) -> frozenset[int]:
-    ids = (getattr(config, name, None) for name in PLACEHOLDER_FIELDS)
-    return frozenset(int(i) for i in ids if isinstance(i, int) and i >= 0)
+def placeholder_tokens(config: Any) -> dict[str, int]:
+    """Media kind -> the token id its rows stand at in the processed prompt."""
+    found: dict[str, int] = {}
+    for kind, names in PLACEHOLDER_FIELDS.items():
+        for name in names:
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value >= 0:
+                found[kind] = value
+                break
+    return found
+
+
+def is_multimodal(config: Any) -> bool:
+    """A checkpoint with a vision tower or an audio encoder beside its language model."""
+    return config.get_text_config() is not config and bool(placeholder_tokens(config))
 
 
 def multi_axis(config: Any) -> bool:
@@ -61,12 +71,6 @@ class PromptMedia:
     # rotary positions have several axes; None: plain positions.
     axes: torch.Tensor | None = None
     axes_offset: int = 0
-    _row_of: dict[int, int] = field(default_factory=dict)
-
-    def row_index(self) -> dict[int, int]:
-        if not self._row_of:
-            self._row_of = {int(p): i for i, p in enumerate(self.positions.tolist())}
-        return self._row_of
 
 
 class _Captured(Exception):

@@ -38,7 +38,7 @@ class ModelRunner:
         self.vocab_size = int(model.config.get_text_config().vocab_size)
         # Models with a vision tower or an audio encoder: prompts may hold rows from those, so the
         # model is fed embeddings (and runs its own forward: the lean one reads token ids only).
-        self.multimodal = bool(media.placeholder_ids(model.config))
+        self.multimodal = media.is_multimodal(model.config)
         self.multi_axis = media.multi_axis(model.config)
         lean = lean and not self.multimodal
         kv_cache.install(model)

@@ -26,7 +26,7 @@ from transformers import (
 )
 
 from server.config import ModelSpec, ServerSettings
-from server.engine.media import placeholder_ids
+from server.engine.media import is_multimodal
 from server.engine.quantized import WeightFormat
 
 logger = logging.getLogger(__name__)
@@ -188,11 +188,6 @@ def load_model(
     return LoadedModel(
         model, tokenizer, dtype, placed, from_gguf=source.gguf_file is not None, processor=processor
     )
-
-
-def is_multimodal(config: Any) -> bool:
-    """A checkpoint with a vision tower or an audio encoder beside its language model."""
-    return config.get_text_config() is not config and bool(placeholder_ids(config))
 
 
 def _multimodal_class(config: Any) -> Any:

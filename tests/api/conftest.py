@@ -36,16 +36,30 @@ async def tiny_app(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
         yield app
 
 
+@asynccontextmanager
+async def in_process(app: FastAPI, timeout: float = 60) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the app over httpx's ASGI transport (no socket)."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://testserver", timeout=timeout
+    ) as client:
+        yield client
+
+
+def sdk(http: httpx.AsyncClient) -> openai.AsyncOpenAI:
+    """The official SDK over an in-process client."""
+    return openai.AsyncOpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http)
+
+
 @pytest.fixture(scope="session")
 async def http(tiny_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=tiny_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
+    async with in_process(tiny_app) as client:
         yield client
 
 
 @pytest.fixture(scope="session")
 def client(http: httpx.AsyncClient) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http)
+    return sdk(http)
 
 
 async def until(condition: Callable[[], bool], seconds: float = 5.0) -> bool:

@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from PIL import Image
 
 from tests import media_checkpoints
-from tests.api.conftest import assert_error, running_app
+from tests.api.conftest import assert_error, in_process, running_app, sdk
 from tests.conftest import tiny_config_yaml
 
 NEW = 10
@@ -131,14 +131,13 @@ async def media_app(family: Family, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="session")
 async def media_http(media_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=media_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=120) as client:
+    async with in_process(media_app, timeout=120) as client:
         yield client
 
 
 @pytest.fixture(scope="session")
 def media_client(media_http: httpx.AsyncClient) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url="http://testserver/v1", api_key="unused", http_client=media_http)
+    return sdk(media_http)
 
 
 def answer_text(family: Family, ids: list[int]) -> str:

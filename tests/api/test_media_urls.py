@@ -10,10 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from tests import image_origin, media_checkpoints
-from tests.api.conftest import assert_error, running_app
+from tests.api.conftest import assert_error, in_process, running_app
 from tests.conftest import tiny_config_yaml
 from tests.image_origin import PNG
 
@@ -25,11 +24,8 @@ async def llava_http(
     directory = media_checkpoints.llava(default_checkpoint, tmp_path_factory.mktemp("llava"))
     config = tiny_config_yaml(directory, tmp_path_factory.mktemp("cfg"))
     config.write_text(config.read_text() + "  media:\n    allowed_hosts: ['127.0.0.1']\n")
-    app: FastAPI
-    async with running_app(config) as app:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
-            yield client
+    async with running_app(config) as app, in_process(app) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

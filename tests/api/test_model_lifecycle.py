@@ -13,7 +13,7 @@ import pytest
 
 from server.config import load_config
 from server.models.footprint import estimate_bytes
-from tests.api.conftest import assert_error, running_app, until
+from tests.api.conftest import assert_error, in_process, running_app, until
 
 ASK = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2}
 
@@ -42,10 +42,8 @@ def _parse(models: str) -> list[tuple[str, str]]:
 
 @asynccontextmanager
 async def client_for(config: Path) -> AsyncIterator[tuple[httpx.AsyncClient, object]]:
-    async with running_app(config) as app:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as http:
-            yield http, app.state.registry
+    async with running_app(config) as app, in_process(app) as http:
+        yield http, app.state.registry
 
 
 async def state(http: httpx.AsyncClient, model: str) -> str:

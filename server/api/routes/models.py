@@ -3,6 +3,7 @@ extra fields; POST /v1/models/{id}/load and /unload for admin keys."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -95,6 +96,6 @@ async def unload_model(model_id: str, request: Request) -> JSONResponse:
     """Unloads now; 409 while requests are using it or it is loading."""
     _require_admin(request)
     registry: ModelRegistry = request.app.state.registry
-    if not registry.unload(model_id):
+    if not await asyncio.to_thread(registry.unload, model_id):  # stopping an engine blocks
         raise Conflict(f"The model '{model_id}' is loading or serving requests; unload it once it is idle.")
     return JSONResponse(describe(registry.slot(model_id), model_id).model_dump(exclude_none=True))
